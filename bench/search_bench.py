@@ -1,0 +1,226 @@
+"""Search throughput against the raw engine on the same prompts and tokens (`make bench-search`).
+
+1. Runs the fixed benchmark config (deploy/configs/bench.yaml: first 20 GSM8K test
+   problems, n=4, 2 rollouts, depth 4, 256 tokens per step, T=0.7) through the embedded
+   search, recording every generation request and how many tokens each sample produced.
+2. Replays exactly those prompts and token counts as ONE offline batch through a fresh
+   `vllm.LLM` (ignore_eos, max_tokens = the sample's length): the raw engine figure.
+3. Measures the sandbox's per-execution overhead (`print(1)`, warm pool).
+
+Writes docs/benchmarks.json (machine-readable, with command and config) and the
+"Search benchmark" section of docs/benchmarks.md. Speed goals are checked here, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+from rstar_core.config import load_config
+from rstar_core.metrics import format_adherence
+from rstar_core.ports import Completion, GenerationRequest
+
+COMMAND = "make bench-search"
+# Figures measured on this machine class with the same model and work (issue #2).
+RESEARCH_CODE = {"end_to_end_tokens_per_s": 24, "without_thread_oversubscription": "418-442",
+                 "offline_engine_tokens_per_s": "556-610"}
+
+
+class RecordingPolicy:
+    """Wraps the policy and records every request with the token count of each sample."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.log: list[tuple[GenerationRequest, list[int]]] = []
+
+    @property
+    def model_version(self) -> str:
+        return self.inner.model_version
+
+    async def generate(self, request: GenerationRequest) -> list[Completion]:
+        out = await self.inner.generate(request)
+        self.log.append((request, [c.num_tokens for c in out]))
+        return out
+
+
+class PeakMemory:
+    """Samples the RSS of this process and its children (the engine) every 50 ms."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+async def run_search(problems, config):
+    from rstar_cli.embedded import embedded_runtime
+    from rstar_executor.bench import measure_overhead
+
+    async with embedded_runtime(config) as runtime:
+        # Warm the engine (first-call costs are start-up, not search).
+        await runtime.policy.generate(GenerationRequest(prompt="Hello", n=1, max_tokens=8))
+        policy = RecordingPolicy(runtime.policy)
+        runtime.policy = policy
+        mcts = runtime.mcts(config)
+        trees, solved = [], 0
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            async for _, result in mcts.search_many(problems):
+                trees.append(result.tree)
+                solved += bool(result.correct)
+            wall = time.perf_counter() - start
+        sandbox = await measure_overhead(runtime.executor, n=300)
+    return {"trees": trees, "solved": solved, "wall_s": wall, "peak_rss_mb": mem.peak / 2**20,
+            "log": policy.log, "sandbox": sandbox}
+
+
+def run_engine(model_dir: str, log, seed: int, temperature: float) -> dict:
+    """The same prompts and sample lengths as one offline batch (the raw engine figure)."""
+    from vllm import LLM, SamplingParams
+
+    prompts, params = [], []
+    for request, lengths in log:
+        for n_tokens in lengths:
+            if n_tokens:
+                prompts.append(request.prompt)
+                params.append(SamplingParams(n=1, temperature=temperature, max_tokens=n_tokens, ignore_eos=True))
+    llm = LLM(model=model_dir, dtype="bfloat16", seed=seed, enforce_eager=True, enable_prefix_caching=True,
+              max_model_len=4096)
+    llm.generate(["Hello"], SamplingParams(max_tokens=8), use_tqdm=False)
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        wall = time.perf_counter() - start
+    tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "sequences": len(prompts),
+            "peak_rss_mb": mem.peak / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=str(REPO / "deploy" / "configs" / "bench.yaml"))
+    parser.add_argument("--problems", type=int, default=20)
+    parser.add_argument("--out-json", default=str(REPO / "docs" / "benchmarks.json"))
+    parser.add_argument("--out-md", default=str(REPO / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+
+    from rstar_cli.problems import load_problems
+    from rstar_policy.model_store import prepare_model
+
+    data_dir = Path(os.environ.get("RSTAR_DATA_DIR", REPO.parent / "shared" / "data"))
+    problems = load_problems(data_dir / "eval" / "GSM8K_test.json", limit=args.problems)
+    config = load_config(args.config)
+    model_dir = str(prepare_model())
+
+    search = asyncio.run(run_search(problems, config))
+    search_tokens = sum(sum(lengths) for _, lengths in search["log"])
+    engine = run_engine(model_dir, search["log"], config.seed, config.temperature)
+
+    search_tps = search_tokens / search["wall_s"]
+    results = {
+        "search_vs_engine_ratio": round(search_tps / engine["tokens_per_s"], 3),
+        "search_tokens_per_s": round(search_tps, 1),
+        "engine_tokens_per_s": round(engine["tokens_per_s"], 1),
+        "problems_per_min": round(len(problems) / search["wall_s"] * 60, 2),
+        "sandbox_overhead_ms_p50": round(search["sandbox"]["p50_ms"], 2),
+        "sandbox_overhead_ms_p90": round(search["sandbox"]["p90_ms"], 2),
+        "search_peak_rss_mb": round(search["peak_rss_mb"]),
+        "engine_peak_rss_mb": round(engine["peak_rss_mb"]),
+        "search_wall_s": round(search["wall_s"], 1),
+        "engine_wall_s": round(engine["wall_s"], 1),
+        "generated_tokens": search_tokens,
+        "engine_tokens": engine["tokens"],
+        "policy_requests": len(search["log"]),
+        "solved": f"{search['solved']}/{len(problems)}",
+        "format_adherence": format_adherence(search["trees"]),
+    }
+    record = {
+        "command": COMMAND,
+        "config_file": str(Path(args.config).relative_to(REPO)),
+        "config": config.to_dict(),
+        "problems": f"GSM8K_test.json first {len(problems)}",
+        "model": model_dir.split("/")[-1],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"{round(psutil.virtual_memory().total / 2**30)} GiB, no GPU",
+        "date": time.strftime("%Y-%m-%d"),
+        "results": results,
+        "research_code_same_work": RESEARCH_CODE,
+    }
+    Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+    existing = json.loads(Path(args.out_json).read_text()) if Path(args.out_json).exists() else {}
+    existing["search"] = record
+    Path(args.out_json).write_text(json.dumps(existing, indent=2) + "\n")
+    write_markdown(Path(args.out_md), record)
+    print(json.dumps(results, indent=2))
+
+
+def write_markdown(path: Path, record: dict) -> None:
+    r = record["results"]
+    fa = r["format_adherence"]
+    section = f"""<!-- search-bench:start -->
+## Search benchmark (`{record['command']}`)
+
+{record['date']}, {record['machine']}, model {record['model']}, config `{record['config_file']}`
+({record['problems']}, n={record['config']['expansion_width']}, {record['config']['rollouts']} rollouts,
+depth {record['config']['max_depth']}, {record['config']['max_tokens_per_step']} tokens per step,
+T={record['config']['temperature']}).
+
+| metric | value |
+|---|---|
+| search tokens/s (end to end, embedded) | **{r['search_tokens_per_s']}** |
+| raw engine tokens/s (same prompts and token counts, one offline batch) | {r['engine_tokens_per_s']} |
+| search ÷ engine | **{r['search_vs_engine_ratio']}** (goal ≥ 0.85) |
+| problems/minute | {r['problems_per_min']} |
+| generated tokens / policy requests | {r['generated_tokens']} / {r['policy_requests']} |
+| peak RSS, search (process + engine) / raw engine | {r['search_peak_rss_mb']} MB / {r['engine_peak_rss_mb']} MB |
+| sandbox overhead per execution, p50 / p90 (warm, all isolation on) | **{r['sandbox_overhead_ms_p50']} ms** / {r['sandbox_overhead_ms_p90']} ms (goal ≤ 5 ms p50) |
+| solved (majority vote over the tree) | {r['solved']} |
+| format: code candidates that ran / candidates kept / answer leaves / problems with an answer | {fa['code_run_rate']} / {fa['valid_candidate_rate']} / {fa['answer_leaf_rate']} / {fa['answered_tree_rate']} |
+
+The published research code on the same machine, model and work: {RESEARCH_CODE['end_to_end_tokens_per_s']} tokens/s
+end to end ({RESEARCH_CODE['without_thread_oversubscription']} once its `torch.set_num_threads(12)` is removed), against
+{RESEARCH_CODE['offline_engine_tokens_per_s']} tokens/s for one offline engine batch over its prompts.
+<!-- search-bench:end -->
+"""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here names the command that produced it.\n\n"
+    start, end = "<!-- search-bench:start -->", "<!-- search-bench:end -->\n"
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text += section
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

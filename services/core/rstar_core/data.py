@@ -1,0 +1,159 @@
+"""From finished trees to training data: trajectories, difficulty, SFT picks and PPM pairs.
+
+All functions are pure and read only a `Tree`:
+
+* `trajectories(tree)`: every root-to-terminal path, each step with its Q value.
+* `difficulty(tree)`: easy (every answered trajectory correct), medium (mixed), hard (none).
+* `select_sft(tree)`: the top-2 correct trajectories by mean step Q (then min Q).
+* `build_ppm_pairs(tree)`: per tree position, up to 2 best vs 2 worst sibling steps that
+  share the same preceding steps (chosen: a correct answer below it, by Q descending;
+  rejected: a wrong answer below it, by Q ascending; if one side has a single step, up to
+  4 are taken from the other); a pair is kept only if Q(pos) > Q(neg). For the final answer
+  step the shared-prefix rule is relaxed: the 2 best correct vs the 2 worst wrong full
+  trajectories by mean Q. Trees whose trajectories are all correct or all wrong give none.
+
+Code-error and max-depth leaves count as neither correct nor wrong when labelling steps
+(as in the reference), but they still lower Q through back-propagation.
+Nothing here filters by margin or edit distance across problems or writes files: dataset
+export belongs to the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .types import Node, TerminalReason, Tree
+
+__all__ = [
+    "PreferencePair",
+    "Trajectory",
+    "build_ppm_pairs",
+    "difficulty",
+    "select_sft",
+    "trajectories",
+]
+
+Difficulty = Literal["easy", "medium", "hard", "unknown"]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    node_ids: tuple[int, ...]
+    steps: tuple[str, ...]
+    q_values: tuple[float, ...]
+    terminal: TerminalReason
+    answer: str | None
+    correct: bool | None
+
+    @property
+    def mean_q(self) -> float:
+        return sum(self.q_values) / len(self.q_values) if self.q_values else 0.0
+
+    @property
+    def min_q(self) -> float:
+        return min(self.q_values) if self.q_values else 0.0
+
+    @property
+    def answered(self) -> bool:
+        return self.terminal is TerminalReason.ANSWER
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    question: str
+    # Steps shared by both sides (rendered texts); empty for final-answer pairs.
+    prefix: tuple[str, ...]
+    # The preferred / dispreferred continuation: one step, or a whole solution when
+    # `whole_solution` is set (the relaxed final-step pairs).
+    pos: tuple[str, ...]
+    neg: tuple[str, ...]
+    q_pos: float
+    q_neg: float
+    whole_solution: bool = False
+
+
+def trajectories(tree: Tree) -> list[Trajectory]:
+    out = []
+    for leaf in tree.terminals():
+        path = tree.path(leaf)
+        if not path:  # the root itself ended (no candidate ever ran)
+            continue
+        out.append(Trajectory(
+            node_ids=tuple(n.id for n in path),
+            steps=tuple(n.text for n in path),
+            q_values=tuple(n.q for n in path),
+            terminal=leaf.terminal,
+            answer=leaf.answer,
+            correct=leaf.correct,
+        ))
+    return out
+
+
+def difficulty(tree: Tree) -> Difficulty:
+    answered = [t for t in trajectories(tree) if t.correct is not None]
+    if tree.problem.answer is None or not answered:
+        return "unknown" if tree.problem.answer is None else "hard"
+    n_correct = sum(t.correct for t in answered)
+    if n_correct == 0:
+        return "hard"
+    if n_correct == len(answered) and all(t.answered for t in trajectories(tree)):
+        return "easy"
+    return "medium"
+
+
+def select_sft(tree: Tree, k: int = 2) -> list[Trajectory]:
+    correct = [t for t in trajectories(tree) if t.correct]
+    correct.sort(key=lambda t: (t.mean_q, t.min_q), reverse=True)
+    return correct[:k]
+
+
+def build_ppm_pairs(tree: Tree, per_side: int = 2) -> list[PreferencePair]:
+    trajs = trajectories(tree)
+    if not any(t.correct for t in trajs) or not any(t.correct is False for t in trajs):
+        return []
+    below = _leaf_labels(tree)
+    pairs: list[PreferencePair] = []
+    frontier = [tree.root]
+    while frontier:
+        node = frontier.pop(0)
+        kids = [tree.nodes[c] for c in node.children]
+        # Answer steps are paired as whole solutions below.
+        steps = [k for k in kids if k.terminal is not TerminalReason.ANSWER]
+        chosen = sorted((k for k in steps if below[k.id][0]), key=lambda k: -k.q)
+        rejected = sorted((k for k in steps if below[k.id][1]), key=lambda k: k.q)
+        if chosen and rejected:
+            n_pos = per_side * 2 if len(rejected) == 1 else per_side
+            n_neg = per_side * 2 if len(chosen) == 1 else per_side
+            prefix = tuple(n.text for n in tree.path(node))
+            for pos in chosen[:n_pos]:
+                for neg in rejected[:n_neg]:
+                    if pos.id != neg.id and pos.q > neg.q:
+                        pairs.append(PreferencePair(tree.problem.question, prefix, (pos.text,), (neg.text,),
+                                                    pos.q, neg.q))
+        frontier.extend(k for k in kids if below[k.id][0] and below[k.id][1])
+    pairs.extend(_final_step_pairs(tree.problem.question, trajs, per_side))
+    return pairs
+
+
+def _final_step_pairs(question: str, trajs: list[Trajectory], per_side: int) -> list[PreferencePair]:
+    good = sorted((t for t in trajs if t.correct), key=lambda t: -t.mean_q)[:per_side]
+    bad = sorted((t for t in trajs if t.correct is False), key=lambda t: t.mean_q)[:per_side]
+    return [
+        PreferencePair(question, (), g.steps, b.steps, g.mean_q, b.mean_q, whole_solution=True)
+        for g in good for b in bad if g.mean_q > b.mean_q
+    ]
+
+
+def _leaf_labels(tree: Tree) -> dict[int, tuple[bool, bool]]:
+    """For every node: (a correct answer below it, a wrong answer below it)."""
+    labels = {n.id: (False, False) for n in tree.nodes}
+    for leaf in tree.terminals():
+        if leaf.terminal is not TerminalReason.ANSWER or leaf.correct is None:
+            continue
+        walk: Node | None = leaf
+        while walk is not None:
+            good, bad = labels[walk.id]
+            labels[walk.id] = (good or leaf.correct, bad or not leaf.correct)
+            walk = tree.nodes[walk.parent] if walk.parent is not None else None
+    return labels

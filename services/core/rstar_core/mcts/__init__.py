@@ -1,0 +1,5 @@
+"""MCTS over code-augmented steps (see `search`)."""
+
+from .search import MCTS, SearchResult, pick_answer
+
+__all__ = ["MCTS", "SearchResult", "pick_answer"]

@@ -1,0 +1,419 @@
+"""Monte Carlo Tree Search over code-augmented steps, as asynchronous per-problem tasks.
+
+One `MCTS.search(problem)` builds one tree:
+
+* **select**: from the root, descend by UCT ``Q + c*sqrt(ln N(parent) / N(child))`` over
+  children that are neither terminal nor exhausted. Unvisited children: with
+  ``explore_unvisited_first`` (default) they score +inf, so every candidate is tried once
+  before any is revisited (standard UCT); otherwise they score 0 like the reference code,
+  which makes the search greedy. Ties go to the earlier child.
+* **expand** an unexpanded node with n candidates from one sampling call; candidate code is
+  run together with every earlier code step of its path; failing or unparsable candidates
+  are dropped and counted; if every candidate fails `errors_threshold` times in a row the
+  node ends as a TOO_MANY_ERRORS terminal.
+* **evaluate**: answer terminals get ±1 from the ground truth (data generation) or the PPM
+  score (evaluation); failure terminals get -1; new non-terminal nodes get the PPM score as
+  their initial q (N=1) when `use_ppm_init` is on.
+* **back-propagate** every terminal value, once, at its creation, to every ancestor
+  (``q += v, N += 1``). Unlike the reference code, failures are backed up too, so a branch
+  that only produces errors loses value instead of staying attractive.
+
+A rollout keeps descending and expanding until it reaches a terminal or a node with no
+selectable child, so each rollout is one root-to-leaf chain of n-wide expansions.
+`parallel_rollouts` rollouts of one tree run at once; virtual loss (a pending visit with
+value -virtual_loss on every node of an in-flight path) keeps them on different branches,
+so the policy engine sees several requests per tree and many trees at once.
+
+The search owns no engine, sandbox or database: it talks to the `ports` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+
+from ..config import SearchConfig
+from ..grading import answers_match
+from ..ports import CodeExecutor, Completion, GenerationRequest, PolicyModel, RewardModel, ScoringItem
+from ..steps import ParsedStep, StepKind, accumulate_code, get_format, new_output, render_output
+from ..types import Node, NodeKind, Problem, TerminalReason, Tree
+
+__all__ = ["MCTS", "SearchResult", "pick_answer"]
+
+log = logging.getLogger(__name__)
+
+FAILURE_VALUE = -1.0
+# Dropped candidates kept on the tree for inspection.
+MAX_DROPPED_EXAMPLES = 8
+
+Grader = Callable[[str | None, Any], bool]
+
+
+@dataclass
+class SearchResult:
+    """A finished search: the tree and the answer the search settles on."""
+
+    tree: Tree
+    answer: str | None
+    correct: bool | None
+    # Some terminal answer was correct (pass@n over the tree).
+    any_correct: bool | None
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """Virtual loss of in-flight rollouts, kept beside the tree (never serialized)."""
+
+    visits: dict[int, int] = field(default_factory=dict)
+    expanding: dict[int, asyncio.Future] = field(default_factory=dict)
+
+    def add(self, node: Node) -> None:
+        self.visits[node.id] = self.visits.get(node.id, 0) + 1
+
+    def remove(self, nodes: Iterable[Node]) -> None:
+        for node in nodes:
+            self.visits[node.id] -= 1
+
+
+class MCTS:
+    def __init__(
+        self,
+        policy: PolicyModel,
+        executor: CodeExecutor,
+        config: SearchConfig,
+        reward: RewardModel | None = None,
+        grader: Grader | None = None,
+    ) -> None:
+        if config.needs_reward_model and reward is None:
+            raise ValueError("config needs a reward model (use_ppm_init or terminal_reward='ppm') but none was given")
+        self.policy = policy
+        self.executor = executor
+        self.reward = reward
+        self.config = config
+        self.format = get_format(config.prompt_format)
+        self.stops = config.stop if config.stop is not None else self.format.stops
+        self.grader = grader or answers_match
+
+    # ------------------------------------------------------------------ public API
+
+    async def search(self, problem: Problem, *, seed_offset: int = 0) -> SearchResult:
+        start = time.perf_counter()
+        tree = Tree.new(problem, config=self.config.to_dict(), model_versions=self._versions())
+        await self.run_rollouts(tree, self.config.rollouts, seed_offset=seed_offset)
+        if self.config.hard_extra_rollouts and problem.answer is not None and not _any_correct(tree):
+            # Hard problems get another batch of rollouts with a different seed.
+            await self.run_rollouts(tree, self.config.hard_extra_rollouts, seed_offset=seed_offset + 1_000_003)
+        wall = time.perf_counter() - start
+        tree.stats.wall_s += wall
+        answer = pick_answer(tree, by_ppm=self.config.terminal_reward == "ppm")
+        correct = None
+        if problem.answer is not None:
+            correct = answer is not None and await asyncio.to_thread(self.grader, answer, problem.answer)
+        return SearchResult(tree, answer, correct, _any_correct(tree), wall)
+
+    async def search_many(
+        self, problems: Sequence[Problem], *, return_exceptions: bool = False
+    ) -> AsyncIterator[tuple[int, SearchResult | Exception]]:
+        """Search many problems at once; yields (index, result) as each finishes.
+
+        With `return_exceptions`, a problem whose search raised yields the exception
+        instead of ending the whole batch.
+        """
+        gate = asyncio.Semaphore(self.config.concurrent_problems)
+
+        async def one(i: int, problem: Problem) -> tuple[int, SearchResult | Exception]:
+            async with gate:
+                try:
+                    return i, await self.search(problem)
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    log.exception("search of problem %s failed", problem.id)
+                    return i, exc
+
+        tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(problems)]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                yield await fut
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def run_rollouts(self, tree: Tree, count: int, *, seed_offset: int = 0) -> None:
+        pending = _Pending()
+        todo = iter(range(count))
+
+        async def lane() -> None:
+            for index in todo:
+                if tree.root.exhausted or tree.root.is_terminal:
+                    return
+                await self._rollout(tree, pending, seed_offset + index)
+                tree.stats.rollouts += 1
+
+        await asyncio.gather(*(lane() for _ in range(min(self.config.parallel_rollouts, count))))
+
+    # ------------------------------------------------------------------ one rollout
+
+    async def _rollout(self, tree: Tree, pending: _Pending, rollout_seed: int) -> None:
+        node = tree.root
+        path = [node]
+        pending.add(node)
+        try:
+            while not node.is_terminal:
+                if not node.expanded:
+                    await self._expand_once(tree, node, pending, rollout_seed)
+                    if node.is_terminal:
+                        break
+                child = self._select_child(tree, node, pending)
+                if child is None:
+                    self._mark_exhausted(tree, node)
+                    break
+                node = child
+                path.append(node)
+                pending.add(node)
+        finally:
+            pending.remove(path)
+
+    def _select_child(self, tree: Tree, node: Node, pending: _Pending) -> Node | None:
+        c = self.config.c_puct
+        vl = self.config.virtual_loss
+        parent_n = node.visits + pending.visits.get(node.id, 0)
+        best, best_score = None, -math.inf
+        for child_id in node.children:
+            child = tree.nodes[child_id]
+            if child.is_terminal or child.exhausted:
+                continue
+            in_flight = pending.visits.get(child.id, 0)
+            n = child.visits + in_flight
+            if n == 0:
+                score = math.inf if self.config.explore_unvisited_first else 0.0
+            else:
+                q = (child.value_sum - vl * in_flight) / n
+                bonus = c * math.sqrt(math.log(parent_n) / n) if parent_n > 0 else 0.0
+                score = q + bonus
+            if score > best_score:
+                best, best_score = child, score
+        return best
+
+    def _mark_exhausted(self, tree: Tree, node: Node) -> None:
+        """No selectable child is left below `node`: propagate upwards while that holds."""
+        while node is not None and node.expanded:
+            if any(not tree.nodes[c].is_terminal and not tree.nodes[c].exhausted for c in node.children):
+                return
+            node.exhausted = True
+            node = tree.nodes[node.parent] if node.parent is not None else None
+
+    # ------------------------------------------------------------------ expansion
+
+    async def _expand_once(self, tree: Tree, node: Node, pending: _Pending, rollout_seed: int) -> None:
+        """Expand `node` unless another rollout is already doing it; then wait for that."""
+        running = pending.expanding.get(node.id)
+        if running is not None:
+            await asyncio.shield(running)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        pending.expanding[node.id] = fut
+        try:
+            await self._expand(tree, node, rollout_seed)
+            fut.set_result(None)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiting rollouts re-raise it themselves
+            raise
+        finally:
+            del pending.expanding[node.id]
+
+    async def _expand(self, tree: Tree, node: Node, rollout_seed: int) -> None:
+        cfg = self.config
+        path = tree.path(node)
+        if node.depth >= cfg.max_depth:
+            self._make_terminal(tree, node, TerminalReason.MAX_DEPTH, FAILURE_VALUE)
+            node.expanded = True
+            return
+        prompt = self.format.render_prompt(tree.problem.question, [n.text for n in path])
+        previous_code = [n.code for n in path if n.code]
+        previous_stdout = node.stdout
+        while node.failed_expansions < cfg.errors_threshold:
+            seed = _derive_seed(cfg.seed, rollout_seed, node.id, node.failed_expansions)
+            completions = await self._generate(tree, prompt, seed)
+            children = await self._make_children(tree, node, completions, previous_code, previous_stdout)
+            if children:
+                break
+            node.failed_expansions += 1
+        node.expanded = True
+        tree.stats.expansions += 1
+        if not node.children:
+            self._make_terminal(tree, node, TerminalReason.TOO_MANY_ERRORS, FAILURE_VALUE)
+            return
+        await self._init_values(tree, node)
+
+    async def _generate(self, tree: Tree, prompt: str, seed: int) -> list[Completion]:
+        cfg = self.config
+        request = GenerationRequest(
+            prompt=prompt,
+            n=cfg.expansion_width,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens_per_step,
+            stop=self.stops,
+            seed=seed,
+            logprobs=cfg.logprobs,
+        )
+        completions = await self.policy.generate(request)
+        tree.stats.policy_calls += 1
+        tree.stats.candidates += len(completions)
+        tree.stats.generated_tokens += sum(c.num_tokens for c in completions)
+        return completions
+
+    async def _make_children(
+        self,
+        tree: Tree,
+        node: Node,
+        completions: Sequence[Completion],
+        previous_code: list[str],
+        previous_stdout: str,
+    ) -> list[Node]:
+        stats = tree.stats
+        seen: set[str] = set()
+        parsed: list[tuple[Completion, ParsedStep]] = []
+        for comp in completions:
+            step = self.format.parse(comp.text, comp.stop_string, comp.finish_reason)
+            if step.kind is StepKind.INVALID:
+                stats.count(stats.dropped_invalid, step.reason)
+                self._keep_dropped(tree, comp.text, step.reason)
+                continue
+            if self.config.dedup_candidates and step.text in seen:
+                stats.dropped_duplicate += 1
+                continue
+            seen.add(step.text)
+            parsed.append((comp, step))
+
+        runs = await asyncio.gather(*(
+            self.executor.run(accumulate_code(previous_code, step.code), timeout_s=self.config.exec_timeout_s)
+            for _, step in parsed if step.kind is StepKind.CODE
+        ))
+        stats.executions += len(runs)
+        run_iter = iter(runs)
+        children: list[Node] = []
+        for comp, step in parsed:
+            common = dict(num_tokens=comp.num_tokens, token_confidence=comp.token_confidence)
+            if step.kind is StepKind.ANSWER:
+                child = tree.add_child(node, kind=NodeKind.ANSWER, text=step.text, answer=step.answer,
+                                       stdout=previous_stdout, **common)
+                await self._finish_answer(tree, child)
+                children.append(child)
+                continue
+            result = next(run_iter)
+            if not result.ok:
+                stats.count(stats.dropped_exec, result.status.value)
+                self._keep_dropped(tree, step.text, f"{result.status.value}: {result.error}")
+                continue
+            output = new_output(previous_stdout, result.stdout)
+            text = step.text + (render_output(output) if output or step.wants_output else "")
+            child = tree.add_child(node, kind=NodeKind.CODE, text=text, code=step.code, output=output,
+                                   stdout=result.stdout, **common)
+            children.append(child)
+            if step.ended_solution:
+                # The model ended after code: its last printed line is its answer.
+                last_line = output.strip().splitlines()[-1].strip() if output.strip() else None
+                if last_line is None:
+                    self._make_terminal(tree, child, TerminalReason.NO_ANSWER, FAILURE_VALUE)
+                else:
+                    child.answer, child.answer_from_output = last_line, True
+                    await self._finish_answer(tree, child)
+        return children
+
+    def _keep_dropped(self, tree: Tree, text: str, reason: str) -> None:
+        if len(tree.dropped_examples) < MAX_DROPPED_EXAMPLES:
+            tree.dropped_examples.append({"text": text[:500], "reason": reason[:200]})
+
+    # ------------------------------------------------------------------ evaluation
+
+    async def _finish_answer(self, tree: Tree, node: Node) -> None:
+        truth = tree.problem.answer
+        if truth is not None:
+            node.correct = await asyncio.to_thread(self.grader, node.answer, truth)
+        if self.config.terminal_reward == "ppm":
+            [value] = await self._score(tree, [node])
+        elif node.correct is not None:
+            value = 1.0 if node.correct else -1.0
+        else:
+            # No ground truth and no PPM: the answer carries no signal either way.
+            value = 0.0
+        self._make_terminal(tree, node, TerminalReason.ANSWER, value)
+
+    async def _init_values(self, tree: Tree, node: Node) -> None:
+        if not self.config.use_ppm_init:
+            return
+        fresh = [tree.nodes[c] for c in node.children if not tree.nodes[c].is_terminal]
+        if not fresh:
+            return
+        for child, value in zip(fresh, await self._score(tree, fresh)):
+            child.init_value = value
+            child.value_sum += value
+            child.visits += 1
+
+    async def _score(self, tree: Tree, nodes: Sequence[Node]) -> list[float]:
+        assert self.reward is not None
+        items = [ScoringItem(tree.problem.question, tuple(n.text for n in tree.path(node))) for node in nodes]
+        tree.stats.reward_calls += 1
+        return list(await self.reward.score(items))
+
+    def _make_terminal(self, tree: Tree, node: Node, reason: TerminalReason, value: float) -> None:
+        node.terminal = reason
+        node.terminal_value = value
+        walk: Node | None = node
+        while walk is not None:
+            walk.visits += 1
+            walk.value_sum += value
+            walk = tree.nodes[walk.parent] if walk.parent is not None else None
+
+    def _versions(self) -> dict[str, str]:
+        versions = {"policy": self.policy.model_version}
+        if self.reward is not None:
+            versions["reward"] = self.reward.model_version
+        return versions
+
+
+def pick_answer(tree: Tree, *, by_ppm: bool) -> str | None:
+    """The search's final answer without looking at the ground truth.
+
+    With PPM terminal values: the answer of the highest-valued terminal. Otherwise a
+    majority vote over answer terminals (ties: the earliest found).
+    """
+    answers = [n for n in tree.nodes if n.terminal is TerminalReason.ANSWER and n.answer is not None]
+    if not answers:
+        return None
+    if by_ppm:
+        return max(answers, key=lambda n: n.terminal_value or 0.0).answer
+    votes = Counter(_normalise(n.answer) for n in answers)
+    best = max(votes.values())
+    for n in answers:
+        if votes[_normalise(n.answer)] == best:
+            return n.answer
+    return None
+
+
+def _normalise(answer: str) -> str:
+    return answer.strip().rstrip(".").replace(" ", "")
+
+
+def _any_correct(tree: Tree) -> bool | None:
+    if tree.problem.answer is None:
+        return None
+    return any(n.correct for n in tree.nodes)
+
+
+def _derive_seed(*parts: int) -> int:
+    """A stable 31-bit seed from integers (Python's hash() of tuples is not stable across runs)."""
+    value = 0x345678
+    for part in parts:
+        value = (value * 1_000_003 ^ (part & 0xFFFFFFFF)) & 0xFFFFFFFFFFFF
+    return value & 0x7FFFFFFF

@@ -1,0 +1,211 @@
+"""The code-augmented step format: prompts, stop strings, step parsing and code accumulation.
+
+A solution is a sequence of steps joined by newlines. A *code step* is one short thought
+written as Python comments followed by the code that carries it out::
+
+    # There are 3 boxes with 4 pens each.
+    pens = 3 * 4
+
+When a code step prints, the sandbox output is appended to the step as ``Output: ...``
+(the model never writes its own output: ``\\nOutput:`` is a stop string). The *answer step*
+closes the solution: ``The answer is \\boxed{7}.``
+
+Why this shape: measured on SmolLM2-135M-Instruct, the published format (``<code>``,
+``<end_of_step>`` tags, blank-line separated steps) is copied on the surface but the model
+then writes prose as Python. A small instruct model reliably writes "comment line, code line"
+pairs separated by single newlines, so the step boundary is the start of the next comment
+line (stop string ``\\n#``), which costs no wasted tokens.
+
+This module is pure: it builds strings and parses them. Running code is the executor's
+job; grading is in `grading`.
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+from dataclasses import dataclass
+from typing import Sequence
+
+from .grading import extract_answer
+
+__all__ = [
+    "FORMATS",
+    "ParsedStep",
+    "StepFormat",
+    "StepKind",
+    "accumulate_code",
+    "get_format",
+    "new_output",
+]
+
+STEP_STOP = "\n#"
+OUTPUT_STOP = "\nOutput:"
+OUTPUT_PREFIX = "Output: "
+# Output shown to the model is cut to this many characters (head and tail kept).
+MAX_SHOWN_OUTPUT = 512
+
+
+class StepKind(str, enum.Enum):
+    CODE = "code"
+    ANSWER = "answer"
+    # Neither code that parses nor an answer: the candidate is dropped.
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class ParsedStep:
+    kind: StepKind
+    # The step as it will appear in later prompts (without the appended output).
+    text: str
+    code: str = ""
+    answer: str | None = None
+    # The model asked to see output (stopped at "Output:") or emitted EOS.
+    wants_output: bool = False
+    ended_solution: bool = False
+    # Why a candidate is invalid (shown in counters and logs).
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StepFormat:
+    """How prompts are built and completions are cut into steps for one kind of policy."""
+
+    name: str
+    system: str
+    shots: tuple[tuple[str, str], ...]
+    # Chat-style wrapper used when no tokenizer chat template is given: {role} and {content}.
+    turn_template: str
+    assistant_prefix: str
+    end_of_turn: str
+    stops: tuple[str, ...]
+
+    def render_prompt(self, question: str, steps: Sequence[str] = ()) -> str:
+        """The full prompt for generating the step after `steps` (already-rendered texts)."""
+        parts = []
+        if self.system:
+            parts.append(self.turn_template.format(role="system", content=self.system))
+        for shot_q, shot_a in self.shots:
+            parts.append(self.turn_template.format(role="user", content=shot_q))
+            parts.append(self.turn_template.format(role="assistant", content=shot_a))
+        parts.append(self.turn_template.format(role="user", content=question))
+        prompt = "".join(parts) + self.assistant_prefix
+        if steps:
+            prompt += "\n".join(steps) + "\n"
+        return prompt
+
+    def render_solution(self, question: str, steps: Sequence[str]) -> str:
+        """Prompt plus a complete solution (for the PPM and for SFT targets)."""
+        return self.render_prompt(question) + "\n".join(steps)
+
+    def parse(self, text: str, stop_string: str | None, finish_reason: str) -> ParsedStep:
+        """Classify one raw completion. Lenient: small models miss delimiters often."""
+        ended = finish_reason == "stop" and stop_string in (None, self.end_of_turn)
+        body = text.replace(self.end_of_turn, "").rstrip()
+        # Models sometimes echo the output marker themselves; never trust their output.
+        if f"\n{OUTPUT_PREFIX.strip()}" in "\n" + body:
+            body = body.split(OUTPUT_PREFIX.strip())[0].rstrip()
+        if not body.strip():
+            return ParsedStep(StepKind.INVALID, body, reason="empty")
+        answer = extract_answer(body)
+        if answer is not None and ("\\boxed" in body or not _is_python(body)):
+            return ParsedStep(StepKind.ANSWER, body, answer=answer, ended_solution=True)
+        if finish_reason == "length":
+            return ParsedStep(StepKind.INVALID, body, reason="truncated")
+        if not _is_python(body):
+            return ParsedStep(StepKind.INVALID, body, reason="syntax")
+        return ParsedStep(
+            StepKind.CODE,
+            body,
+            code=body,
+            wants_output=stop_string == OUTPUT_STOP,
+            ended_solution=ended,
+        )
+
+
+def _is_python(text: str) -> bool:
+    try:
+        ast.parse(text)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def accumulate_code(previous_code: Sequence[str], step_code: str) -> str:
+    """The program to run for a candidate: every earlier code step of the path, then it.
+
+    Each execution runs in a fresh process, so earlier steps are re-run to rebuild state;
+    their output is subtracted again by `new_output`.
+    """
+    return "\n".join([*previous_code, step_code])
+
+
+def new_output(previous_stdout: str, stdout: str) -> str:
+    """The part of `stdout` this step produced (earlier steps print the same prefix)."""
+    if stdout.startswith(previous_stdout):
+        return stdout[len(previous_stdout):]
+    return stdout
+
+
+def render_output(output: str) -> str:
+    """The text appended to a code step that printed something."""
+    out = output.strip("\n")
+    if len(out) > MAX_SHOWN_OUTPUT:
+        half = MAX_SHOWN_OUTPUT // 2
+        out = out[:half] + "\n...\n" + out[-half:]
+    return f"\n{OUTPUT_PREFIX}{out}"
+
+
+_CHATML = "<|im_start|>{role}\n{content}<|im_end|>\n"
+
+_BASE_SYSTEM = (
+    "You solve math word problems with short Python steps. Each step is a comment line "
+    "and one line of code. The last step prints the answer."
+)
+_BASE_SHOTS = (
+    (
+        "Tom has 3 boxes with 4 pens in each box. He gives away 5 pens. "
+        "How many pens does he have left?",
+        "# There are 3 boxes with 4 pens each.\npens = 3 * 4\n"
+        "# He gives away 5 pens.\nleft = pens - 5\n"
+        "# Print the answer.\nprint(left)\n"
+        "Output: 7\nThe answer is \\boxed{7}.",
+    ),
+    (
+        "A shirt costs $12 and a hat costs $5. How much do 2 shirts and 1 hat cost?",
+        "# Two shirts cost 2 * 12 dollars.\nshirts = 2 * 12\n"
+        "# Add one hat.\ntotal = shirts + 5\n"
+        "# Print the answer.\nprint(total)\n"
+        "Output: 29\nThe answer is \\boxed{29}.",
+    ),
+)
+
+FORMATS: dict[str, StepFormat] = {
+    # Few-shot prompt for an instruct model that was never trained on the format.
+    "base": StepFormat(
+        name="base",
+        system=_BASE_SYSTEM,
+        shots=_BASE_SHOTS,
+        turn_template=_CHATML,
+        assistant_prefix="<|im_start|>assistant\n",
+        end_of_turn="<|im_end|>",
+        stops=(STEP_STOP, OUTPUT_STOP, "<|im_end|>"),
+    ),
+    # Zero-shot prompt for a policy fine-tuned on our own trajectories (and for the PPM).
+    "sft": StepFormat(
+        name="sft",
+        system="",
+        shots=(),
+        turn_template=_CHATML,
+        assistant_prefix="<|im_start|>assistant\nLet's think step by step and solve the problem with code.\n",
+        end_of_turn="<|im_end|>",
+        stops=(STEP_STOP, OUTPUT_STOP, "<|im_end|>"),
+    ),
+}
+
+
+def get_format(name: str) -> StepFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown prompt_format {name!r}; known: {sorted(FORMATS)}") from None

