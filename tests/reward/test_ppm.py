@@ -222,9 +222,9 @@ def test_large_call_is_split_and_close_stops(ppm32, reference_scores):
 @pytest.mark.slow
 def test_pairwise_training_moves_the_head(ppm32):
     """Trainer sanity: a few head-only steps on two fixed pairs lower the BT loss."""
-    trainee = ProcessPreferenceModel(
-        ppm32.backbone, copy.deepcopy(ppm32.value_head), ppm32.tokenizer, base_model=ppm32.base_model
-    )
+    # Shares the frozen backbone; trains a copy of the head.
+    head = copy.deepcopy(ppm32.value_head)
+    trainee = ProcessPreferenceModel(ppm32.backbone, head, ppm32.tokenizer, base_model="test")
     initial = {k: v.clone() for k, v in trainee.value_head.state_dict().items()}
     pos = ["# 3 boxes of 4 pens.\npens = 3 * 4", "# He gives away 5.\nleft = pens - 5"]
     neg = ["# 3 boxes of 4 pens.\npens = 3 + 4", "# He gives away 5.\nleft = pens + 5"]

@@ -89,4 +89,4 @@ def _load_reward(settings: EmbeddedSettings, policy_dir: str):
         if not Path(ppm_dir).exists():
             log.warning("no RSTAR_REWARD_MODEL set: using an untrained value head on the policy")
             build_ppm_dir(policy_dir, ppm_dir)
-    return PPMRewardModel.from_pretrained(ppm_dir)
+    return PPMRewardModel.from_dir(ppm_dir)

@@ -1,4 +1,4 @@
-"""Reading problem files: JSONL (one object per line) or a JSON array, validated up front.
+"""Reading problem files: JSONL (one object per line) or a `.json` array, validated up front.
 
 Every record needs a non-empty string `question`; `answer` (string, number or list) and
 `id` are optional. The whole file is checked before any work starts, and the first bad
@@ -40,11 +40,13 @@ def load_problems(path: str | Path, *, limit: int | None = None) -> list[Problem
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
     problems: list[Problem] = []
-    if text.lstrip().startswith("["):
+    if path.suffix == ".json":
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: a .json problem file must hold an array of objects")
         for i, record in enumerate(records):
             problems.append(problem_from_record(record, f"{path}: item {i}"))
     else:

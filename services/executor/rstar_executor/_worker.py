@@ -10,19 +10,23 @@ Once per worker (the expensive part, paid at startup): become a child subreaper,
 empty network namespace (children inherit it), look up nobody's uid/gid, compile the seccomp
 filter, import the preload modules, gc.freeze() so children do not copy-on-write the heap.
 
-Once per execution: create a fresh temp dir and fork. The child calls setsid, redirects
-stdin/stdout/stderr, closes every other inherited fd, chdirs into the temp dir, sets rlimits,
-drops to nobody, arms PDEATHSIG, sets no_new_privs, loads the seccomp filter and exec()s the
-code in a fresh ``__main__``. The worker enforces the wall deadline and the output cap, kills
-the child's whole process group, reaps it (and any orphans), removes the temp dir and reports.
+Once per execution, ahead of time: create a fresh temp dir and fork the next child while the
+worker is idle. The child calls setsid, redirects stdin/stdout/stderr, closes every other
+inherited fd, chdirs into the temp dir, sets rlimits, drops to nobody, arms PDEATHSIG, sets
+no_new_privs, loads the seccomp filter, and then blocks reading its code from a pipe. So a
+request only pays for handing over the code: fork and jailing (1-3 ms with sympy loaded)
+are off the critical path. The child exec()s the code in a fresh ``__main__``, writes a final
+record and exits. The worker enforces the wall deadline and the output cap, kills the
+child's whole process group, removes the temp dir and reports; a group that was killed or
+timed out is fully reaped before the report, a child that finished normally is reaped later.
 
 Protocol on the socket: length-prefixed (4-byte big-endian) UTF-8 JSON frames.
   worker -> {"event": "ready", ...isolation facts...}                  once, at startup
   parent -> {"code": str, "wall_s": float}                             one request at a time
   worker -> {"event": "started", "pid": int}                           the child's pid = pgid
   worker -> {"event": "done", "stdout", "stderr", "exit_code", "signal", "timed_out",
-             "overflow", "report", "cpu_s", "duration_s"}
-The worker exits when the socket reaches EOF.
+             "overflow", "kind", "message", "cpu_s", "duration_s"}
+The worker exits when the socket reaches EOF; its idle child dies with it (PDEATHSIG).
 
 Non-goals: classifying results (the parent maps the raw facts to ExecutionStatus) and any
 isolation beyond what the module docstring of `rstar_executor.sandbox` lists.
@@ -46,6 +50,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import sys
 import tempfile
@@ -56,6 +61,8 @@ import types
 _HEADER = struct.Struct("!I")
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_SECCOMP = 22
@@ -63,6 +70,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_MODE_FILTER = 2
 _CLONE_NEWNET = 0x40000000
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 8192, 16384, 1 << 18
 
 # Before exiting, the child writes its final record "<status> <kind> <cpu_s>\n<message>"
 # (kind: ok, error, memory, exit, setup) to fd 3. The code under test can write there too,
@@ -76,6 +85,13 @@ _MAX_RECORD_BYTES = 4 * _MAX_MESSAGE_CHARS + 64
 # After the child exits, how long grandchildren still holding its pipes may take to die.
 _DRAIN_S = 0.5
 _REAP_S = 1.0
+# Process groups killed but not waited for (see _Child.supervise) that may be tearing down
+# at once; beyond this the worker waits, which bounds memory and nobody's process count.
+_MAX_DYING = 4
+# While such groups remain, how often the idle worker looks for zombies to reap.
+_SETTLE_POLL_MS = 5
+# In a child: its own pid, set once jailed (see _finish).
+_jailed_pid = 0
 
 # Syscalls the jailed code never needs and that widen the attack surface (kernel bugs,
 # escaping the process group or namespaces, talking to sockets on the filesystem, such as
@@ -168,6 +184,8 @@ def _compile_seccomp() -> tuple[ctypes.Array, _SockFprog]:
 
 
 class Worker:
+    """One warm sandbox worker: startup isolation in __init__, then `serve` until EOF."""
+
     def __init__(self, config: dict) -> None:
         self.sock = socket.socket(fileno=config["fd"])
         self.sock.setblocking(True)
@@ -186,6 +204,8 @@ class Worker:
         self.warnings: list[str] = []
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.pid = os.getpid()
+        # Process groups (= pids of their leaders) killed but not yet seen gone.
+        self.dying: set[int] = set()
 
         # Orphaned grandchildren are re-parented to us instead of init, so we can reap them
         # (the container's init may not reap zombies).
@@ -208,6 +228,7 @@ class Worker:
                     self.ids = (entry.pw_uid, entry.pw_gid)
                 except KeyError:
                     self.ids = (65534, 65534)
+                self._expose_import_paths()
             else:
                 self.warnings.append(
                     f"not running as root: code runs as uid {os.geteuid()}, the caller's user")
@@ -229,6 +250,33 @@ class Worker:
         # Everything allocated so far lives in the permanent generation: the children's
         # collections then do not touch (and copy) these pages.
         gc.freeze()
+
+    def _expose_import_paths(self) -> None:
+        """Let nobody import from sys.path dirs that lie under a directory it cannot enter.
+
+        A Python installed under /root (pyenv) or a home directory is invisible to nobody,
+        so every import not preloaded would fail. In a private mount namespace, such a
+        directory is covered with an empty tmpfs and only the import paths are bound back:
+        the code can import again and sees nothing else of that directory.
+        """
+        hidden = [p for p in dict.fromkeys(map(os.path.realpath, sys.path))
+                  if os.path.isdir(p) and not _world_readable(p)]
+        if not hidden:
+            return
+        covers: dict[str, list[str]] = {}  # closed ancestor -> import paths under it
+        for path in hidden:
+            closed = _closed_ancestor(path)
+            if closed is not None and closed != path:
+                covers.setdefault(closed, []).append(path)
+        try:
+            if covers:
+                _mount_in_private_namespace(covers, self.base_dir)
+        except OSError as exc:
+            self.warnings.append(f"could not re-expose import paths ({exc})")
+        still = [p for p in hidden if not _world_readable(p)]
+        if still:
+            self.warnings.append(f"nobody cannot read {', '.join(still)}: code can import "
+                                 "only built-in and preloaded modules from there")
 
     # -- protocol -----------------------------------------------------------------------
 
@@ -258,13 +306,36 @@ class Worker:
                    "privileges_dropped": self.ids is not None,
                    "seccomp": self.seccomp is not None, "preloaded": self.preloaded,
                    "warnings": self.warnings})
-        while (request := self.recv()) is not None:
+        while True:
+            self._settle_until_request()
+            if (request := self.recv()) is None:
+                return
             result, child = self._execute(child, request["code"], float(request["wall_s"]))
             self.send(result)
-            # Off the critical path: finish off the last child and jail the next one while
-            # the caller is busy elsewhere.
-            child.reap()
+            # Off the critical path: jail the next child while the caller is busy elsewhere.
+            if not child.reaped:
+                self.dying.add(child.pid)
+            self._settle()
+            while len(self.dying) > _MAX_DYING:
+                time.sleep(_SETTLE_POLL_MS / 1000)
+                self._settle()
             child = self._prepare()
+
+    def _settle(self) -> None:
+        """Reap what has died; forget the killed groups that are now completely gone."""
+        _collect_zombies()
+        for pgid in list(self.dying):
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                self.dying.discard(pgid)
+
+    def _settle_until_request(self) -> None:
+        """Reap killed groups while waiting for the next request, so they do not linger."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while self.dying and not poller.poll(_SETTLE_POLL_MS):
+            self._settle()
 
     # -- one execution --------------------------------------------------------------------
 
@@ -294,13 +365,18 @@ class Worker:
             # Killed while idle (by another execution running as nobody): use a fresh one.
             child.reap()
             child = self._prepare()
-            child.hand_over(data)
+            try:
+                child.hand_over(data)
+            except BrokenPipeError:
+                pass  # this one died too (failed to jail itself?): supervise reports how
         self.send({"event": "started", "pid": child.pid})
         return child.supervise(wall_s, self.max_output), child
 
     def _jail_and_run(self, workdir: str, code_r: int, out_w: int, err_w: int,
                       rep_w: int) -> None:
         """Runs in the forked child: jail itself, wait for code, run it, _exit. Never returns."""
+        global _jailed_pid
+        _jailed_pid = os.getpid()
         try:
             os.setsid()
             # Lift the sources above the targets first, so no dup2 clobbers a source.
@@ -382,14 +458,16 @@ class _Child:
         """Collect output until the child is done, enforcing the deadline and output cap.
 
         Done means either the child's final record arrived and every pipe is closed (the
-        fast path: the child is exiting, its teardown is not waited for) or the child exited
-        (then the group is killed and reaped here, before reporting).
+        fast path: the group is killed but its teardown is not waited for; the zombies are
+        collected after the report) or the child exited (then the group is killed and
+        reaped here, before reporting).
         """
+        out_r, err_r, rep_r = self.out_r, self.err_r, self.rep_r  # closed before we return
         start = time.monotonic()
         deadline = start + wall_s
-        buffers = {self.out_r: bytearray(), self.err_r: bytearray(), self.rep_r: bytearray()}
-        caps = {self.out_r: max_output, self.err_r: max_output, self.rep_r: _MAX_RECORD_BYTES}
-        names = {self.out_r: "stdout", self.err_r: "stderr"}
+        buffers = {out_r: bytearray(), err_r: bytearray(), rep_r: bytearray()}
+        caps = {out_r: max_output, err_r: max_output, rep_r: _MAX_RECORD_BYTES}
+        names = {out_r: "stdout", err_r: "stderr"}
         poller = select.poll()
         for fd in (*buffers, self.pidfd):
             poller.register(fd, select.POLLIN)
@@ -401,7 +479,7 @@ class _Child:
         while open_fds or exited_at is None:
             now = time.monotonic()
             if exited_at is None:
-                if not open_fds and _parse_record(buffers[self.rep_r]) is not None:
+                if not open_fds and _parse_record(buffers[rep_r]) is not None:
                     break
                 if now >= deadline and not killed:
                     timed_out = killed = True
@@ -433,10 +511,12 @@ class _Child:
         # While unreaped the child holds its pgid, so this cannot hit a stranger: it kills
         # whatever the code left behind (a sleeping grandchild, a fork bomb's remains).
         _killpg(self.pid)
-        record = _parse_record(buffers[self.rep_r])
+        record = _parse_record(buffers[rep_r])
         if exited_at is not None:
             self.reap()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            self._close_fds()
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
         exit_code = signum = None
         if self.wait_status is not None:
@@ -448,8 +528,8 @@ class _Child:
             exit_code = record[0]
         return {
             "event": "done",
-            "stdout": bytes(buffers[self.out_r][:max_output]).decode("utf-8", "replace"),
-            "stderr": bytes(buffers[self.err_r][:max_output]).decode("utf-8", "replace"),
+            "stdout": bytes(buffers[out_r][:max_output]).decode("utf-8", "replace"),
+            "stderr": bytes(buffers[err_r][:max_output]).decode("utf-8", "replace"),
             "exit_code": exit_code,
             "signal": signum,
             "timed_out": timed_out,
@@ -466,11 +546,12 @@ class _Child:
             return
         self.reaped = True
         _killpg(self.pid)
-        _, self.wait_status, usage = os.wait4(self.pid, 0)
-        self.cpu_s = usage.ru_utime + usage.ru_stime
-        for fd in (self.code_w, self.out_r, self.err_r, self.rep_r, self.pidfd):
-            if fd >= 0:
-                os.close(fd)
+        try:
+            _, self.wait_status, usage = os.wait4(self.pid, 0)
+            self.cpu_s = usage.ru_utime + usage.ru_stime
+        except ChildProcessError:
+            pass  # died while idle and already collected with the zombies
+        self._close_fds()
         give_up = time.monotonic() + _REAP_S
         # Orphans of the group are our children now (subreaper): collect them until the
         # group is empty.
@@ -479,17 +560,29 @@ class _Child:
                 os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 break
-            while True:
-                try:
-                    reaped, _ = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if reaped == 0:
-                    break
+            _collect_zombies()
             if time.monotonic() >= give_up:
                 break
             time.sleep(0.001)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _close_fds(self) -> None:
+        for name in ("code_w", "out_r", "err_r", "rep_r", "pidfd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+def _collect_zombies() -> None:
+    """Reap every exited child without blocking (earlier children, adopted orphans)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _run_code(code: str, namespace: dict) -> tuple[int, str, str]:
@@ -535,13 +628,23 @@ def _exit_result(exc: SystemExit) -> tuple[int, str, str]:
 
 def _finish(status: int, kind: str, message: str) -> None:
     """Write the final record, close the pipes (which lets the worker report without
-    waiting for this process's teardown) and exit."""
+    waiting for this process's teardown) and exit.
+
+    A process the code forked that runs off the end of the code exits here too, like a
+    forked child of a script would, but only the jailed child itself writes a record.
+    """
+    if os.getpid() != _jailed_pid:
+        os._exit(status)
     try:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         record = f"{status} {kind} {usage.ru_utime + usage.ru_stime:.6f}\n"
         os.write(_REPORT_FD, (record + message[:_MAX_MESSAGE_CHARS]).encode("utf-8", "replace"))
     except BaseException:
         pass  # no record: the worker falls back to the exit status
+    # The worker reports as soon as the pipes close, without waiting for this process's
+    # teardown (unmapping a heap the size of sympy's takes milliseconds). At lowest priority
+    # that teardown yields the CPU to the worker and its caller on a busy machine.
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
     os.closerange(0, _CODE_FD + 1)
     os._exit(status)
 
@@ -556,6 +659,58 @@ def _parse_record(data: bytearray) -> tuple[int, str, float, str] | None:
         return int(fields[0]), fields[1], float(fields[2]), message
     except ValueError:
         return None
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The outermost directory on the way to `path` (itself included) that others cannot
+    traverse, or None."""
+    parts = path.split(os.sep)
+    for depth in range(2, len(parts) + 1):
+        prefix = os.sep.join(parts[:depth])
+        if not os.stat(prefix).st_mode & stat.S_IXOTH:
+            return prefix
+    return None
+
+
+def _mount_in_private_namespace(covers: dict[str, list[str]], staging_root: str) -> None:
+    """Cover each closed directory with a tmpfs and move its import paths back on top."""
+    if _LIBC.unshare(_CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    # Keep our mounts out of the caller's namespace.
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    for closed, paths in covers.items():
+        # Outermost paths only: a bind brings its subdirectories along.
+        paths = [p for p in paths if not any(p.startswith(q + os.sep) for q in paths)]
+        staged = []
+        for path in paths:
+            stage = tempfile.mkdtemp(dir=staging_root)
+            _mount(path, stage, None, _MS_BIND | _MS_REC)
+            staged.append((stage, path))
+        _mount("tmpfs", closed, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=64k")
+        for stage, path in staged:
+            os.makedirs(path, exist_ok=True)
+            _mount(stage, path, None, _MS_MOVE)
+            os.rmdir(stage)
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    args = [None if arg is None else arg.encode() for arg in (source, target, fstype)]
+    if _LIBC.mount(*args, flags, None if data is None else data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
+
+
+def _world_readable(path: str) -> bool:
+    """Whether any user can list `path` and traverse every directory leading to it."""
+    path = os.path.realpath(path)
+    if not os.stat(path).st_mode & stat.S_IROTH:
+        return False
+    while path != os.path.dirname(path):
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        path = os.path.dirname(path)
+    return True
 
 
 def _killpg(pgid: int) -> None:

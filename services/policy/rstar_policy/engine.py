@@ -116,7 +116,11 @@ class VLLMPolicy:
         return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
     def shutdown(self) -> None:
-        self._engine.shutdown()
+        if self._engine is not None:
+            self._engine.shutdown()
+            # Drop the engine now: its __del__ would otherwise run at interpreter exit,
+            # after the modules it needs are gone.
+            self._engine = None
 
 
 def _to_completion(output: Any, top_k: int) -> Completion:

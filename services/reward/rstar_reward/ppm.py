@@ -40,7 +40,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BatchEncoding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rstar_core.ports import ScoringItem
 from rstar_core.steps import get_format
@@ -92,7 +98,9 @@ def pairwise_loss(pos_raw: torch.Tensor, neg_raw: torch.Tensor) -> torch.Tensor:
     for why raw logits rather than tanh scores).
     """
     if pos_raw.shape != neg_raw.shape:
-        raise ValueError(f"pos and neg shapes differ: {tuple(pos_raw.shape)} vs {tuple(neg_raw.shape)}")
+        raise ValueError(
+            f"pos and neg shapes differ: {tuple(pos_raw.shape)} vs {tuple(neg_raw.shape)}"
+        )
     return -F.logsigmoid(pos_raw - neg_raw).mean()
 
 
@@ -144,11 +152,15 @@ class ProcessPreferenceModel(torch.nn.Module):
         with torch.no_grad():
             head.weight.normal_(0.0, init_std, generator=generator)
             head.bias.zero_()
-        logger.info("initialised PPM from policy %s (seed %d, init_std %g)", policy_dir, seed, init_std)
+        logger.info(
+            "initialised PPM from policy %s (seed %d, init_std %g)", policy_dir, seed, init_std
+        )
         return cls(backbone, head, tokenizer, base_model=policy_dir)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, *, dtype: DType = "auto") -> ProcessPreferenceModel:
+    def from_pretrained(
+        cls, model_dir: str | Path, *, dtype: DType = "auto"
+    ) -> ProcessPreferenceModel:
         """Load a directory written by `save_pretrained`.
 
         `dtype` applies to the backbone; ``"auto"`` keeps the stored dtype (needed for an
@@ -190,7 +202,10 @@ class ProcessPreferenceModel(torch.nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
-        head_state = {k: v.detach().to("cpu", HEAD_DTYPE).contiguous() for k, v in self.value_head.state_dict().items()}
+        head_state = {
+            k: v.detach().to("cpu", HEAD_DTYPE).contiguous()
+            for k, v in self.value_head.state_dict().items()
+        }
         save_file(head_state, str(path / VALUE_HEAD_FILE))
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -208,7 +223,9 @@ class ProcessPreferenceModel(torch.nn.Module):
     def device(self) -> torch.device:
         return self.value_head.weight.device
 
-    def encode(self, texts: Sequence[str], *, max_length: int = 2048, padding_side: str = "right") -> BatchEncoding:
+    def encode(
+        self, texts: Sequence[str], *, max_length: int = 2048, padding_side: str = "right"
+    ) -> BatchEncoding:
         """Tokenize, truncating from the left (the last steps matter most), and pad."""
         enc = self.tokenizer(
             list(texts),
@@ -248,7 +265,8 @@ def build_ppm_dir(
     policy_dir: str | Path, out_dir: str | Path, *, dtype: DType = "auto", seed: int = 0
 ) -> Path:
     """Save an untrained PPM (backbone from `policy_dir`, freshly initialised head)."""
-    return ProcessPreferenceModel.from_policy(policy_dir, dtype=dtype, seed=seed).save_pretrained(out_dir)
+    model = ProcessPreferenceModel.from_policy(policy_dir, dtype=dtype, seed=seed)
+    return model.save_pretrained(out_dir)
 
 
 # ---- the RewardModel port ---------------------------------------------------------
@@ -336,7 +354,8 @@ class PPMRewardModel:
         """Load a PPM directory. The default version is ``ppm:<dir name>:<head digest>``."""
         model = ProcessPreferenceModel.from_pretrained(model_dir, dtype=dtype)
         if model_version is None:
-            digest = hashlib.sha256((Path(model_dir) / VALUE_HEAD_FILE).read_bytes()).hexdigest()[:12]
+            head_bytes = (Path(model_dir) / VALUE_HEAD_FILE).read_bytes()
+            digest = hashlib.sha256(head_bytes).hexdigest()[:12]
             model_version = f"ppm:{Path(model_dir).resolve().name}:{digest}"
         return cls(model, model_version=model_version, **kwargs)
 
@@ -363,7 +382,8 @@ class PPMRewardModel:
         if self._closed:
             raise RuntimeError("PPMRewardModel is closed")
         queue = self._ensure_batcher()
-        request = _Request([self.render(item) for item in items], asyncio.get_running_loop().create_future())
+        texts = [self.render(item) for item in items]
+        request = _Request(texts, asyncio.get_running_loop().create_future())
         queue.put_nowait(request)
         return await request.future
 
@@ -429,7 +449,9 @@ class PPMRewardModel:
             except TimeoutError:
                 return
 
-    async def _run_batch(self, batch: list[tuple[_Request, int]], pending: collections.deque) -> None:
+    async def _run_batch(
+        self, batch: list[tuple[_Request, int]], pending: collections.deque
+    ) -> None:
         texts = [req.texts[i] for req, i in batch]
         start = time.perf_counter()
         try:
@@ -460,8 +482,10 @@ class PPMRewardModel:
     def _forward(self, texts: list[str]) -> list[float]:
         """One batched forward; runs in a worker thread."""
         with self._forward_lock, torch.inference_mode():
-            enc = self._model.encode(texts, max_length=self._max_length, padding_side=self._padding_side)
-            score = self._model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).score
+            enc = self._model.encode(
+                texts, max_length=self._max_length, padding_side=self._padding_side
+            )
+            score = self._model(enc["input_ids"], enc["attention_mask"]).score
             if not torch.isfinite(score).all():
                 raise RuntimeError(f"PPM produced non-finite scores: {score.tolist()}")
             return score.tolist()

@@ -1,0 +1,67 @@
+"""Bad input to `rstar solve` ends in one clear line and exit code 2, before any model loads."""
+
+import json
+
+import pytest
+
+from rstar_cli.main import main
+from rstar_cli.problems import load_problems
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("lines,expected", [
+    (['{"question": "1+1?", "answer": "2"}', '{"answer": "3"}'], "p.jsonl:2: missing field 'question'"),
+    (['{"question": "1+1?"}', '{"question": "2+2?"', '{"question": "x"}'], "p.jsonl:2: invalid JSON"),
+    (['{"question": ""}'], "p.jsonl:1: field 'question' must be a non-empty string"),
+    (['{"question": "q", "answer": {"a": 1}}'], "p.jsonl:1: field 'answer' must be"),
+    (['["not", "an", "object"]'], "p.jsonl:1: expected a JSON object"),
+])
+def test_bad_problem_file(tmp_path, capsys, lines, expected):
+    code, err = _run(capsys, "solve", "--file", _write(tmp_path, lines))
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("rstar: error: ") and expected in err[0]
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    code, err = _run(capsys, "solve", "What is 1+1?", "--set", "rollout=3")
+    assert code == 2 and len(err) == 1 and "unknown config key(s) rollout" in err[0]
+
+
+def test_negative_rollouts(capsys):
+    code, err = _run(capsys, "solve", "What is 1+1?", "--rollouts", "-2")
+    assert code == 2 and "rollouts must be a positive integer" in err[0]
+
+
+def test_missing_config_file(capsys):
+    code, err = _run(capsys, "solve", "What is 1+1?", "--config", "/nope/x.yaml")
+    assert code == 2 and "config file not found: /nope/x.yaml" in err[0]
+
+
+def test_question_and_file_are_exclusive(tmp_path, capsys):
+    code, err = _run(capsys, "solve", "q?", "--file", _write(tmp_path, ['{"question": "q"}']))
+    assert code == 2 and "either a question or --file" in err[0]
+
+
+def test_missing_file(capsys):
+    code, err = _run(capsys, "solve", "--file", "/nope/p.jsonl")
+    assert code == 2 and "file not found" in err[0]
+
+
+def test_json_array_files_and_ids(tmp_path, data_dir):
+    problems = load_problems(data_dir / "eval" / "GSM8K_test.json", limit=3)
+    assert [p.id for p in problems] == ["0", "1", "2"] and problems[0].answer == "18"
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"question": "q1", "answer": ["1", "one"]}) + "\n\n" + json.dumps({"question": "q2"}))
+    loaded = load_problems(path)
+    assert [p.id for p in loaded] == ["0", "1"] and loaded[0].answer == ["1", "one"]
