@@ -114,8 +114,13 @@ def run_engine(model_dir: str, log, seed: int, temperature: float) -> dict:
             if n_tokens:
                 prompts.append(request.prompt)
                 params.append(SamplingParams(n=1, temperature=temperature, max_tokens=n_tokens, ignore_eos=True))
-    llm = LLM(model=model_dir, dtype="bfloat16", seed=seed, enforce_eager=True, enable_prefix_caching=True,
-              max_model_len=4096)
+    # Same engine settings as the search's policy engine (EngineSettings defaults).
+    from rstar_policy.engine import EngineSettings
+
+    engine = EngineSettings(model=model_dir, seed=seed)
+    llm = LLM(model=model_dir, dtype=engine.dtype, seed=seed, enforce_eager=engine.enforce_eager,
+              enable_prefix_caching=engine.enable_prefix_caching, max_model_len=engine.max_model_len,
+              block_size=engine.block_size, max_num_seqs=engine.max_num_seqs)
     llm.generate(["Hello"], SamplingParams(max_tokens=8), use_tqdm=False)
     with PeakMemory() as mem:
         start = time.perf_counter()

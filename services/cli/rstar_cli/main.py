@@ -112,6 +112,8 @@ async def _solve(problems: list[Problem], config: SearchConfig, out_path: Path |
     if done_ids:
         print(f"resuming: {len(problems) - len(todo)} of {len(problems)} problems already in {out_path}",
               file=sys.stderr)
+    if not todo:
+        return 0
     trees = []
     start = time.perf_counter()
     n_correct = n_known = tokens = failed = 0

@@ -60,11 +60,12 @@ import types
 
 _HEADER = struct.Struct("!I")
 _LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_LIBC.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
 _LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_char_p]
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_SECCOMP = 22
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
@@ -397,6 +398,9 @@ class Worker:
                 os.setgroups([])
                 os.setresgid(gid, gid, gid)
                 os.setresuid(uid, uid, uid)
+            # Not dumpable: other processes of nobody (concurrent executions) cannot ptrace
+            # this one or read its /proc/<pid>/mem and environ.
+            _LIBC.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
             # Set after the uid change, which clears it. Dies with the worker, so a killed
             # worker leaves no code running.
             _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

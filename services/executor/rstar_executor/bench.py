@@ -15,6 +15,7 @@ import math
 import time
 
 from rstar_core.ports import CodeExecutor
+from rstar_executor.sandbox import SandboxExecutor
 
 __all__ = ["measure_overhead"]
 
@@ -59,8 +60,6 @@ def _percentile(sorted_samples: list[float], pct: float) -> float:
 
 
 async def _main() -> None:
-    from rstar_executor.sandbox import SandboxExecutor
-
     async with SandboxExecutor() as executor:
         print(json.dumps({"isolation": executor.isolation, **await measure_overhead(executor)},
                          indent=2))

@@ -2,8 +2,12 @@
 
 `SandboxExecutor` implements the `CodeExecutor` port. It keeps a pool of warm worker
 interpreters (`_worker.py`, started by exec with a scrubbed environment, never forked from
-the caller). Each execution runs in a child freshly forked from a worker, so no state leaks
-from one execution to the next, and costs a fork instead of an interpreter start.
+the caller, which may hold torch or vLLM). Each worker forks the child for its next
+execution ahead of time; the child jails itself and waits for code. A request then costs a
+hand-over and the run itself instead of an interpreter start, and since every execution
+gets a fresh child, nothing leaks from one execution to the next. (Preloaded modules start
+from the worker's state each time; numpy's global random state is therefore the same in
+every execution of a worker, while `random` reseeds itself in each child as Python does.)
 
 Covered here, all on by default (each can degrade, see below; `ExecutionResult.extra` and
 `SandboxExecutor.isolation` say what was in force):
@@ -13,18 +17,23 @@ Covered here, all on by default (each can degrade, see below; `ExecutionResult.e
 - Identity: when the worker is root, the child drops to nobody/nogroup with no
   supplementary groups; no_new_privs is set and the process is not dumpable.
 - Resources (rlimits, per process): address space (`memory_mb`, counting the interpreter
-  and the preloaded modules, about 180 MiB with numpy and sympy), CPU seconds, processes
+  and the preloaded modules, about 140 MiB with numpy and sympy), CPU seconds, processes
   (RLIMIT_NPROC, counted per uid: concurrent executions share nobody's budget), file size,
   open files; no core dumps.
-- Time: a wall-clock deadline; on expiry the child's whole process group is SIGKILLed,
-  including grandchildren it spawned. The parent has a backstop beyond that deadline that
-  kills the worker itself if it stops answering.
+- Time: a wall-clock deadline enforced by the worker; on expiry the child's whole process
+  group is SIGKILLed, including grandchildren it spawned, and reaped before the result is
+  returned. The parent has a backstop past that deadline: it SIGKILLs the group and the
+  worker itself if the worker stops answering, and replaces the worker.
 - Output: stdout and stderr are each capped at `max_output_bytes`; over the cap the group is
   killed and the status is OUTPUT_LIMIT.
 - Environment: a fixed minimal environment (PATH, locale, PYTHONHASHSEED=0, BLAS/OpenMP
   threads = 1); nothing of the caller's environment is passed on.
 - Files: a fresh temp dir (mode 0700, owned by nobody) is the cwd, HOME and TMPDIR and is
   removed after the execution; every inherited fd except stdin/stdout/stderr is closed.
+  If the Python installation lies under a directory nobody cannot enter (pyenv in /root,
+  a home directory), the worker covers that directory with an empty tmpfs in a private
+  mount namespace and binds back only the import paths: imports work, the rest of that
+  directory is invisible.
 - Syscalls (when libseccomp is installed; the filter is compiled with it via ctypes, so no
   extra Python package is needed): socket(), ptrace, setsid/setpgid (so code cannot leave
   its process group and dodge the kill), namespace creation, mount, bpf, perf_event_open,
@@ -78,8 +87,6 @@ _WORKER_START_TIMEOUT_S = 60.0
 # How long past the wall deadline the parent waits for the worker's report before it
 # concludes the worker is stuck and kills it.
 _BACKSTOP_GRACE_S = 2.0
-# The child's exit status when jailing itself failed (matches _worker._SETUP_FAILED_EXIT).
-_SETUP_FAILED_EXIT = 125
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 # The whole environment the code sees (plus HOME and TMPDIR set to its temp dir).
@@ -154,7 +161,7 @@ def _check_seconds(name: str, value: object) -> float:
 
 
 class _WorkerLost(Exception):
-    """The worker's socket closed. `started`: whether it had already forked the child."""
+    """The worker's socket closed. `started`: whether its child had already got the code."""
 
     def __init__(self, started: bool) -> None:
         super().__init__("sandbox worker died" + (" during execution" if started else ""))
@@ -324,9 +331,16 @@ class SandboxExecutor:
                 raise result
 
     async def run(self, code: str, *, timeout_s: float | None = None) -> ExecutionResult:
+        """Run `code` in a fresh jailed child; `timeout_s` overrides `settings.wall_s`.
+
+        Whatever the code does comes back as an ExecutionResult. Raises ValueError for bad
+        arguments and RuntimeError when the executor is closed or a worker cannot start.
+        Cancelling the call kills the execution (and its worker, which is replaced).
+        """
         if not isinstance(code, str):
             raise ValueError(f"code must be a str, got {type(code).__name__}")
-        wall_s = self.settings.wall_s if timeout_s is None else _check_seconds("timeout_s", timeout_s)
+        wall_s = (self.settings.wall_s if timeout_s is None
+                  else _check_seconds("timeout_s", timeout_s))
         retried = False
         while True:
             worker = await self._acquire()
@@ -484,7 +498,7 @@ class SandboxExecutor:
             status, error = ExecutionStatus.KILLED, f"killed by {_signal_name(signum)}"
         elif kind == "memory":
             status, error = ExecutionStatus.MEMORY, message
-        elif kind == "setup" or exit_code == _SETUP_FAILED_EXIT and kind is None:
+        elif kind == "setup":
             status, error = ExecutionStatus.ERROR, f"sandbox setup failed: {message or 'unknown'}"
             logger.error("sandbox: %s", error)
         elif exit_code == 0:

@@ -47,6 +47,9 @@ class EngineSettings:
     gpu_memory_utilization: float = 0.85
     per_request_seed: bool = False
     max_num_seqs: int = 256
+    # KV block size. vLLM's CPU default is 128, which wastes most of the prefix cache for
+    # MCTS prompts (a step adds ~40 tokens to its parent's prompt); None = vLLM's default.
+    block_size: int | None = 32
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -82,6 +85,7 @@ class VLLMPolicy:
             enable_prefix_caching=settings.enable_prefix_caching,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_num_seqs=settings.max_num_seqs,
+            block_size=settings.block_size,
         )
         self._engine = AsyncLLM.from_engine_args(args)
         self._version = model_version(settings.model) if Path(settings.model).exists() else settings.model
