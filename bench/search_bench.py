@@ -52,6 +52,13 @@ class RecordingPolicy:
         self.log.append((request, [c.num_tokens for c in out]))
         return out
 
+    async def generate_stream(self, request: GenerationRequest):
+        lengths: list[int] = []
+        self.log.append((request, lengths))
+        async for completion in self.inner.generate_stream(request):
+            lengths.append(completion.num_tokens)
+            yield completion
+
 
 class PeakMemory:
     """Samples the RSS of this process and its children (the engine) every 50 ms."""

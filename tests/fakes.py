@@ -15,15 +15,20 @@ class ScriptedPolicy:
 
     model_version = "fake-policy@1"
 
-    def __init__(self, script: Callable[[str, int], Sequence[tuple[str, str | None]]], delay_s: float = 0.0):
+    def __init__(self, script: Callable[[str, int], Sequence[tuple[str, str | None]]], delay_s: float = 0.0,
+                 sample_delay_s: float = 0.0):
         self.script = script
         self.delay_s = delay_s
+        self.sample_delay_s = sample_delay_s
         self.requests: list[GenerationRequest] = []
+        # ("request", prompt) and ("sample", text) in the order they happened.
+        self.events: list[tuple[str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
 
     async def generate(self, request: GenerationRequest) -> list[Completion]:
         self.requests.append(request)
+        self.events.append(("request", request.prompt))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -35,6 +40,15 @@ class ScriptedPolicy:
             Completion(text=text, finish_reason="stop", stop_string=stop, num_tokens=max(1, len(text) // 4))
             for text, stop in pairs[: request.n]
         ]
+
+    async def generate_stream(self, request: GenerationRequest):
+        """Samples finish in order; sample i takes `sample_delay_s * i` longer than the first."""
+        completions = await self.generate(request)
+        for i, completion in enumerate(completions):
+            if i and self.sample_delay_s:
+                await asyncio.sleep(self.sample_delay_s)
+            self.events.append(("sample", completion.text))
+            yield completion
 
 
 class InlineExecutor:

@@ -79,7 +79,8 @@ def test_error_threshold_ends_branch():
     tree = run(mcts.search(Problem(QUESTION, "7"))).tree
     assert tree.root.terminal is TerminalReason.TOO_MANY_ERRORS
     assert len(policy.requests) == 2
-    assert tree.stats.dropped_exec == {"error": 2}
+    # The retry sampled the same failing code again: known to fail, so not re-run.
+    assert tree.stats.dropped_exec == {"error": 1} and tree.stats.dropped_duplicate == 1
     assert tree.root.q == -1.0
 
 
@@ -210,3 +211,30 @@ def test_tree_json_round_trip_is_lossless():
     assert again == tree
     assert again.to_json() == tree.to_json()
     assert isinstance(again.nodes[1], Node) and isinstance(again.nodes[1].kind, NodeKind)
+
+
+def _two_first_steps(prompt, call):
+    if not _tail(prompt):
+        return [("# Sam has 3 apples.\nx = 3", "\n#"), ("# Three apples.\nx = 1 + 2", "\n#")]
+    return arithmetic_script(prompt, call)
+
+
+def test_rollout_descends_on_first_ready_child_and_late_ones_still_join():
+    config = SearchConfig(expansion_width=2, rollouts=1, max_depth=5, parallel_rollouts=1)
+    mcts, policy, _ = make(config, _two_first_steps, sample_delay_s=0.2)
+    tree = run(mcts.search(Problem(QUESTION, "7"))).tree
+    kinds = [kind for kind, _ in policy.events]
+    # The depth-1 request went out before the root's second (slow) sample arrived ...
+    second_root_sample = [i for i, (k, text) in enumerate(policy.events) if text.startswith("# Three")][0]
+    assert kinds.index("request", 1) < second_root_sample
+    # ... and the slow sample still joined the tree before the search returned.
+    assert len(tree.root.children) == 2 and tree.root.expanded
+
+
+def test_waiting_for_all_candidates_when_asked():
+    config = SearchConfig(expansion_width=2, rollouts=1, max_depth=5, parallel_rollouts=1,
+                          descend_on_first_child=False)
+    mcts, policy, _ = make(config, _two_first_steps, sample_delay_s=0.05)
+    run(mcts.search(Problem(QUESTION, "7")))
+    second_root_sample = [i for i, (k, text) in enumerate(policy.events) if text.startswith("# Three")][0]
+    assert [k for k, _ in policy.events].index("request", 1) > second_root_sample

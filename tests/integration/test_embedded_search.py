@@ -28,6 +28,11 @@ EASY_GSM8K = ("A robe takes 2 bolts of blue fiber and half that much white fiber
 def loop():
     loop = asyncio.new_event_loop()
     yield loop
+    # The engine's output handler task lives in this loop: cancel it before closing.
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
 
 

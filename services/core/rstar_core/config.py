@@ -48,6 +48,10 @@ class SearchConfig:
     explore_unvisited_first: bool = True
     # Rollouts of one tree in flight at once (virtual loss keeps them apart).
     parallel_rollouts: int = 2
+    # A rollout descends into the first candidate that is ready instead of waiting for
+    # the slowest of the n samples; late candidates join the tree when they finish.
+    # Ignored with use_ppm_init (selection then needs every sibling's PPM score).
+    descend_on_first_child: bool = True
     # Virtual loss added per in-flight rollout passing through a node.
     virtual_loss: float = 1.0
     # Problems searched at once by one process.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import AsyncIterator, Protocol, Sequence, runtime_checkable
 
 __all__ = [
     "CodeExecutor",
@@ -74,6 +74,14 @@ class PolicyModel(Protocol):
     def model_version(self) -> str: ...
 
     async def generate(self, request: GenerationRequest) -> list[Completion]: ...
+
+    def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Completion]:
+        """The same n samples, each yielded as soon as it is finished (any order).
+
+        Lets the search use the first finished candidates while a long sample is still
+        being generated, instead of waiting for the slowest of the n.
+        """
+        ...
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 from rstar_core.ports import Completion, GenerationRequest
 
@@ -95,11 +95,10 @@ class VLLMPolicy:
     def model_version(self) -> str:
         return self._version
 
-    async def generate(self, request: GenerationRequest) -> list[Completion]:
+    def _params(self, request: GenerationRequest, kind: Any):
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(
+        return SamplingParams(
             n=request.n,
             temperature=request.temperature,
             top_p=request.top_p,
@@ -107,14 +106,41 @@ class VLLMPolicy:
             stop=list(request.stop),
             logprobs=request.logprobs or None,
             seed=request.seed if self.settings.per_request_seed else None,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            output_kind=kind,
         )
+
+    async def generate(self, request: GenerationRequest) -> list[Completion]:
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._params(request, RequestOutputKind.FINAL_ONLY)
         final = None
         async for out in self._engine.generate(request.prompt, params, request_id=uuid.uuid4().hex):
             final = out
         if final is None:  # pragma: no cover - the engine always yields a final output
             raise RuntimeError("vLLM returned no output")
         return [_to_completion(c, request.logprobs) for c in final.outputs]
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Completion]:
+        """Yield each of the n samples as soon as it finishes.
+
+        Uses DELTA outputs (only new tokens per engine step) and accumulates each sample
+        here, so the per-step cost stays small with many requests in flight.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._params(request, RequestOutputKind.DELTA)
+        texts: dict[int, list[str]] = {}
+        token_ids: dict[int, list[int]] = {}
+        logprobs: dict[int, list[Any]] = {}
+        async for out in self._engine.generate(request.prompt, params, request_id=uuid.uuid4().hex):
+            for c in out.outputs:
+                texts.setdefault(c.index, []).append(c.text)
+                token_ids.setdefault(c.index, []).extend(c.token_ids)
+                if c.logprobs:
+                    logprobs.setdefault(c.index, []).extend(c.logprobs)
+                if c.finish_reason is not None:
+                    yield _finished(c, "".join(texts.pop(c.index)), token_ids.pop(c.index),
+                                    logprobs.pop(c.index, None), request.logprobs)
 
     async def generate_batch(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         return list(await asyncio.gather(*(self.generate(r) for r in requests)))
@@ -128,14 +154,17 @@ class VLLMPolicy:
 
 
 def _to_completion(output: Any, top_k: int) -> Completion:
+    return _finished(output, output.text, output.token_ids, output.logprobs, top_k)
+
+
+def _finished(output: Any, text: str, token_ids: Any, logprobs: Any, top_k: int) -> Completion:
     stop = output.stop_reason if isinstance(output.stop_reason, str) else None
-    confidence = token_confidence(output.token_ids, output.logprobs) if top_k and output.logprobs else None
     return Completion(
-        text=output.text,
+        text=text,
         finish_reason=output.finish_reason or "stop",
         stop_string=stop,
-        num_tokens=len(output.token_ids),
-        token_confidence=confidence,
+        num_tokens=len(token_ids),
+        token_confidence=token_confidence(token_ids, logprobs) if top_k and logprobs else None,
     )
 
 

@@ -20,6 +20,13 @@ One `MCTS.search(problem)` builds one tree:
 
 A rollout keeps descending and expanding until it reaches a terminal or a node with no
 selectable child, so each rollout is one root-to-leaf chain of n-wide expansions.
+Candidates arrive one by one as the engine finishes them (`generate_stream`): each is run
+and attached at once, and with `descend_on_first_child` the rollout moves on as soon as
+one child exists, while the expansion keeps attaching the later ones in the background.
+Without that, every level of a rollout waits for the slowest of its n samples (often a
+max-length runaway that is then dropped). A search returns only after every expansion has
+finished, so the tree is the same set of candidates either way; only the order in which
+siblings were tried differs.
 `parallel_rollouts` rollouts of one tree run at once; virtual loss (a pending visit with
 value -virtual_loss on every node of an in-flight path) keeps them on different branches,
 so the policy engine sees several requests per tree and many trees at once.
@@ -68,11 +75,40 @@ class SearchResult:
 
 
 @dataclass
+class _Context:
+    """What every candidate of one expansion shares: earlier code, earlier output, texts seen."""
+
+    code: list[str]
+    stdout: str
+    seen: set[str]
+
+
+class _Expansion:
+    """One node's expansion running in the background, and a way to wait for its progress."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        # Wake every waiter once, then start a fresh event for the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self) -> None:
+        await self._changed.wait()
+
+    @property
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+
+@dataclass
 class _Pending:
-    """Virtual loss of in-flight rollouts, kept beside the tree (never serialized)."""
+    """In-flight state of one batch of rollouts, kept beside the tree (never serialized)."""
 
     visits: dict[int, int] = field(default_factory=dict)
-    expanding: dict[int, asyncio.Future] = field(default_factory=dict)
+    expansions: dict[int, _Expansion] = field(default_factory=dict)
 
     def add(self, node: Node) -> None:
         self.visits[node.id] = self.visits.get(node.id, 0) + 1
@@ -157,22 +193,38 @@ class MCTS:
                 await self._rollout(tree, pending, seed_offset + index)
                 tree.stats.rollouts += 1
 
-        await asyncio.gather(*(lane() for _ in range(min(self.config.parallel_rollouts, count))))
+        try:
+            await asyncio.gather(*(lane() for _ in range(min(self.config.parallel_rollouts, count))))
+            # Expansions that rollouts moved past are still attaching their late candidates.
+            await asyncio.gather(*(e.task for e in pending.expansions.values()))
+        finally:
+            for expansion in pending.expansions.values():
+                expansion.task.cancel()
 
     # ------------------------------------------------------------------ one rollout
 
     async def _rollout(self, tree: Tree, pending: _Pending, rollout_seed: int) -> None:
+        wait_for_all = self.config.use_ppm_init or not self.config.descend_on_first_child
         node = tree.root
         path = [node]
         pending.add(node)
         try:
             while not node.is_terminal:
-                if not node.expanded:
-                    await self._expand_once(tree, node, pending, rollout_seed)
-                    if node.is_terminal:
-                        break
+                expansion = pending.expansions.get(node.id)
+                if expansion is None and not node.expanded:
+                    expansion = self._start_expansion(tree, node, pending, rollout_seed)
+                if expansion is not None and expansion.done:
+                    expansion.task.result()  # re-raise a failed expansion here
+                elif expansion is not None and wait_for_all:
+                    await asyncio.shield(expansion.task)
+                if node.is_terminal:
+                    break
                 child = self._select_child(tree, node, pending)
                 if child is None:
+                    if expansion is not None and not expansion.done:
+                        # Nothing to descend into yet: wait for the next candidate.
+                        await expansion.wait_change()
+                        continue
                     self._mark_exhausted(tree, node)
                     break
                 node = child
@@ -212,25 +264,15 @@ class MCTS:
 
     # ------------------------------------------------------------------ expansion
 
-    async def _expand_once(self, tree: Tree, node: Node, pending: _Pending, rollout_seed: int) -> None:
-        """Expand `node` unless another rollout is already doing it; then wait for that."""
-        running = pending.expanding.get(node.id)
-        if running is not None:
-            await asyncio.shield(running)
-            return
-        fut = asyncio.get_running_loop().create_future()
-        pending.expanding[node.id] = fut
-        try:
-            await self._expand(tree, node, rollout_seed)
-            fut.set_result(None)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiting rollouts re-raise it themselves
-            raise
-        finally:
-            del pending.expanding[node.id]
+    def _start_expansion(self, tree: Tree, node: Node, pending: _Pending, rollout_seed: int) -> _Expansion:
+        expansion = _Expansion()
+        expansion.task = asyncio.ensure_future(self._expand(tree, node, rollout_seed, expansion))
+        expansion.task.add_done_callback(lambda _: expansion.notify())
+        pending.expansions[node.id] = expansion
+        return expansion
 
-    async def _expand(self, tree: Tree, node: Node, rollout_seed: int) -> None:
+    async def _expand(self, tree: Tree, node: Node, rollout_seed: int, expansion: _Expansion) -> None:
+        """Sample n candidates and turn each into a child as soon as it is finished."""
         cfg = self.config
         path = tree.path(node)
         if node.depth >= cfg.max_depth:
@@ -238,25 +280,28 @@ class MCTS:
             node.expanded = True
             return
         prompt = self.format.render_prompt(tree.problem.question, [n.text for n in path])
-        previous_code = [n.code for n in path if n.code]
-        previous_stdout = node.stdout
+        context = _Context([n.code for n in path if n.code], node.stdout, set())
         while node.failed_expansions < cfg.errors_threshold:
             seed = _derive_seed(cfg.seed, rollout_seed, node.id, node.failed_expansions)
-            completions = await self._generate(tree, prompt, seed)
-            children = await self._make_children(tree, node, completions, previous_code, previous_stdout)
-            if children:
+            jobs = []
+            tree.stats.policy_calls += 1
+            async for completion in self.policy.generate_stream(self._request(prompt, seed)):
+                tree.stats.candidates += 1
+                tree.stats.generated_tokens += completion.num_tokens
+                step = self._screen(tree, completion, context)
+                if step is not None:
+                    jobs.append(asyncio.ensure_future(self._add_child(tree, node, completion, step, context, expansion)))
+            if any(await asyncio.gather(*jobs)):
                 break
             node.failed_expansions += 1
         node.expanded = True
         tree.stats.expansions += 1
         if not node.children:
             self._make_terminal(tree, node, TerminalReason.TOO_MANY_ERRORS, FAILURE_VALUE)
-            return
-        await self._init_values(tree, node)
 
-    async def _generate(self, tree: Tree, prompt: str, seed: int) -> list[Completion]:
+    def _request(self, prompt: str, seed: int) -> GenerationRequest:
         cfg = self.config
-        request = GenerationRequest(
+        return GenerationRequest(
             prompt=prompt,
             n=cfg.expansion_width,
             temperature=cfg.temperature,
@@ -266,69 +311,57 @@ class MCTS:
             seed=seed,
             logprobs=cfg.logprobs,
         )
-        completions = await self.policy.generate(request)
-        tree.stats.policy_calls += 1
-        tree.stats.candidates += len(completions)
-        tree.stats.generated_tokens += sum(c.num_tokens for c in completions)
-        return completions
 
-    async def _make_children(
-        self,
-        tree: Tree,
-        node: Node,
-        completions: Sequence[Completion],
-        previous_code: list[str],
-        previous_stdout: str,
-    ) -> list[Node]:
+    def _screen(self, tree: Tree, completion: Completion, context: "_Context") -> ParsedStep | None:
+        """Parse a candidate; drop (and count) invalid ones and exact duplicates."""
         stats = tree.stats
-        seen: set[str] = set()
-        parsed: list[tuple[Completion, ParsedStep]] = []
-        for comp in completions:
-            step = self.format.parse(comp.text, comp.stop_string, comp.finish_reason)
-            if step.kind is StepKind.INVALID:
-                stats.count(stats.dropped_invalid, step.reason)
-                self._keep_dropped(tree, comp.text, step.reason)
-                continue
-            if self.config.dedup_candidates and step.text in seen:
-                stats.dropped_duplicate += 1
-                continue
-            seen.add(step.text)
-            parsed.append((comp, step))
+        step = self.format.parse(completion.text, completion.stop_string, completion.finish_reason)
+        if step.kind is StepKind.INVALID:
+            stats.count(stats.dropped_invalid, step.reason)
+            self._keep_dropped(tree, completion.text, step.reason)
+            return None
+        if self.config.dedup_candidates and step.text in context.seen:
+            stats.dropped_duplicate += 1
+            return None
+        context.seen.add(step.text)
+        return step
 
-        runs = await asyncio.gather(*(
-            self.executor.run(accumulate_code(previous_code, step.code), timeout_s=self.config.exec_timeout_s)
-            for _, step in parsed if step.kind is StepKind.CODE
-        ))
-        stats.executions += len(runs)
-        run_iter = iter(runs)
-        children: list[Node] = []
-        for comp, step in parsed:
-            common = dict(num_tokens=comp.num_tokens, token_confidence=comp.token_confidence)
-            if step.kind is StepKind.ANSWER:
-                child = tree.add_child(node, kind=NodeKind.ANSWER, text=step.text, answer=step.answer,
-                                       stdout=previous_stdout, **common)
+    async def _add_child(self, tree: Tree, node: Node, completion: Completion, step: ParsedStep,
+                         context: "_Context", expansion: _Expansion) -> bool:
+        """Run, evaluate and attach one candidate; False if its code failed."""
+        common = dict(num_tokens=completion.num_tokens, token_confidence=completion.token_confidence)
+        if step.kind is StepKind.ANSWER:
+            child = tree.add_child(node, kind=NodeKind.ANSWER, text=step.text, answer=step.answer,
+                                   stdout=context.stdout, **common)
+            await self._finish_answer(tree, child)
+            expansion.notify()
+            return True
+        program = accumulate_code(context.code, step.code)
+        result = await self.executor.run(program, timeout_s=self.config.exec_timeout_s)
+        tree.stats.executions += 1
+        if not result.ok:
+            tree.stats.count(tree.stats.dropped_exec, result.status.value)
+            self._keep_dropped(tree, step.text, f"{result.status.value}: {result.error}")
+            return False
+        output = new_output(context.stdout, result.stdout)
+        text = step.text + (render_output(output) if output or step.wants_output else "")
+        child = tree.add_child(node, kind=NodeKind.CODE, text=text, code=step.code, output=output,
+                               stdout=result.stdout, **common)
+        if step.ended_solution:
+            # The model ended after code: its last printed line is its answer.
+            last_line = output.strip().splitlines()[-1].strip() if output.strip() else None
+            if last_line is None:
+                self._make_terminal(tree, child, TerminalReason.NO_ANSWER, FAILURE_VALUE)
+            else:
+                child.answer, child.answer_from_output = last_line, True
                 await self._finish_answer(tree, child)
-                children.append(child)
-                continue
-            result = next(run_iter)
-            if not result.ok:
-                stats.count(stats.dropped_exec, result.status.value)
-                self._keep_dropped(tree, step.text, f"{result.status.value}: {result.error}")
-                continue
-            output = new_output(previous_stdout, result.stdout)
-            text = step.text + (render_output(output) if output or step.wants_output else "")
-            child = tree.add_child(node, kind=NodeKind.CODE, text=text, code=step.code, output=output,
-                                   stdout=result.stdout, **common)
-            children.append(child)
-            if step.ended_solution:
-                # The model ended after code: its last printed line is its answer.
-                last_line = output.strip().splitlines()[-1].strip() if output.strip() else None
-                if last_line is None:
-                    self._make_terminal(tree, child, TerminalReason.NO_ANSWER, FAILURE_VALUE)
-                else:
-                    child.answer, child.answer_from_output = last_line, True
-                    await self._finish_answer(tree, child)
-        return children
+        elif self.config.use_ppm_init:
+            [value] = await self._score(tree, [child])
+            child.init_value = value
+            child.value_sum += value
+            child.visits += 1
+        expansion.notify()
+        return True
 
     def _keep_dropped(self, tree: Tree, text: str, reason: str) -> None:
         if len(tree.dropped_examples) < MAX_DROPPED_EXAMPLES:
@@ -348,17 +381,6 @@ class MCTS:
             # No ground truth and no PPM: the answer carries no signal either way.
             value = 0.0
         self._make_terminal(tree, node, TerminalReason.ANSWER, value)
-
-    async def _init_values(self, tree: Tree, node: Node) -> None:
-        if not self.config.use_ppm_init:
-            return
-        fresh = [tree.nodes[c] for c in node.children if not tree.nodes[c].is_terminal]
-        if not fresh:
-            return
-        for child, value in zip(fresh, await self._score(tree, fresh)):
-            child.init_value = value
-            child.value_sum += value
-            child.visits += 1
 
     async def _score(self, tree: Tree, nodes: Sequence[Node]) -> list[float]:
         assert self.reward is not None
