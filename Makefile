@@ -17,8 +17,11 @@ export RSTAR_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 export VLLM_CPU_OMP_THREADS_BIND ?= 0-$(shell echo $$(( $$(nproc) - 1 )))
 export VLLM_CPU_KVCACHE_SPACE ?= 4
 export TOKENIZERS_PARALLELISM ?= false
+# Distributed mode against the RabbitMQ and PostgreSQL running on this machine.
+export RSTAR_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/rstar
+export RSTAR_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: install model demo test test-fast bench bench-search lint clean
+.PHONY: install model protos demo test test-fast up down bench bench-search bench-pipeline clean
 
 install: $(STAMP)
 
@@ -37,10 +40,19 @@ $(STAMP): pyproject.toml
 model: install
 	$(BIN)/rstar models prepare
 
+protos: install
+	$(PY) -m rstar_rpc.build_protos
+
+up: model protos
+	$(BIN)/rstar up
+
+down:
+	$(BIN)/rstar down
+
 demo: model
 	$(BIN)/rstar demo
 
-test: model
+test: model protos
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -1,7 +1,9 @@
 """The `rstar` command.
 
 Embedded commands (no broker, no services): `rstar solve`, `rstar demo`,
-`rstar models prepare`. Bad input (missing fields, bad JSON on line k, unknown config
+`rstar models prepare`. Distributed commands (RabbitMQ + PostgreSQL, wired by
+`RSTAR_BROKER_URL` and `RSTAR_DATABASE_URL`): `rstar enqueue`, `rstar status`,
+`rstar results`, `rstar cancel`. Bad input (missing fields, bad JSON on line k, unknown config
 keys, negative rollouts) ends with one `rstar: error: ...` line and exit code 2, before
 any model is loaded.
 """
@@ -211,6 +213,129 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    """Validate the whole file, record the batch in one transaction, then publish the tasks."""
+    from rstar_store import Store
+    from rstar_worker.app import EVAL_QUEUE, SEARCH_QUEUE, SEARCH_TASK, app
+
+    with _as_usage_error():
+        if args.round < 1:
+            raise ValueError(f"--round must be >= 1, got {args.round}")
+        config = _resolve_config(args.config, _config_overrides(args))
+        problems = load_problems(args.file, limit=args.limit)
+    store = Store.from_url()
+    try:
+        with _as_usage_error():
+            store.get_or_create_run(args.run, config_name=args.config, config=config.to_dict())
+            batch = store.add_batch(args.run, args.round, config.seed, problems, config.to_dict(), source=str(args.file))
+    finally:
+        store.close()
+    queue = EVAL_QUEUE if args.eval else SEARCH_QUEUE
+    priority = args.priority if args.priority is not None else (7 if args.eval else 4)
+    for task_id in batch.new_task_ids:
+        app.send_task(SEARCH_TASK, args=[task_id], queue=queue, priority=priority)
+    print(f"run {args.run} round {args.round}: {len(problems)} problems, "
+          f"{len(batch.new_task_ids)} new tasks enqueued on '{queue}' "
+          f"({len(set(batch.task_ids)) - len(batch.new_task_ids)} already known)")
+    return 0
+
+
+def _progress_line(p) -> str:
+    s = p.states
+    solved = f"{p.solved}/{p.known}" if p.known else "n/a"
+    return (f"{p.run} [{p.status}] done {s.get('done', 0)}/{p.total}  running {s.get('running', 0)}  "
+            f"queued {s.get('queued', 0)}  failed {s.get('failed', 0)}  cancelled {s.get('cancelled', 0)}  "
+            f"solved {solved}  tokens {p.tokens}  tokens/s {p.throughput_tokens_per_s:.1f}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rstar_store import Store
+
+    store = Store.from_url()
+    try:
+        with _as_usage_error():
+            while True:
+                try:
+                    progress = store.run_progress(args.run, round=args.round)
+                except LookupError as exc:
+                    raise ValueError(str(exc)) from None
+                print(_progress_line(progress), flush=True)
+                finished = progress.states.get("queued", 0) + progress.states.get("running", 0) == 0
+                if not args.watch or finished:
+                    break
+                time.sleep(args.interval)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from rstar_store import Store
+
+    store = Store.from_url()
+    count = 0
+    try:
+        with _as_usage_error(), Path(args.out).open("w", encoding="utf-8") as out:
+            try:
+                for row in store.iter_results(args.run, round=args.round, with_tree=args.trees):
+                    out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                    count += 1
+            except LookupError as exc:
+                raise ValueError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"wrote {count} results to {args.out}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from rstar_store import Store
+
+    store = Store.from_url()
+    try:
+        with _as_usage_error():
+            try:
+                cancelled = store.cancel_run(args.run)
+            except LookupError as exc:
+                raise ValueError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"run {args.run} cancelled: {cancelled} queued tasks will not run")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .launcher import DEFAULT_BROKER, DEFAULT_DB, StackSpec, start_stack, stop_stack, wait_healthy
+
+    spec = StackSpec(
+        run_dir=Path(args.run_dir),
+        database_url=os.environ.get("RSTAR_DATABASE_URL", DEFAULT_DB),
+        broker_url=os.environ.get("RSTAR_BROKER_URL", DEFAULT_BROKER),
+        workers=args.workers,
+        worker_concurrency=args.concurrency,
+        executors=args.executors,
+        with_reward=not args.no_reward,
+    )
+    pids = start_stack(spec)
+    print(f"started {len(pids)} processes, logs in {spec.run_dir}/; waiting for gRPC health ...", flush=True)
+    try:
+        wait_healthy(spec, timeout_s=args.timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        stop_stack(spec.run_dir, grace_s=5)
+        print(f"rstar: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"stack is up. For the CLI: source {spec.run_dir}/env")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from .launcher import stop_stack
+
+    stopped = stop_stack(Path(args.run_dir), grace_s=args.grace)
+    print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    return 0
+
+
 def _add_search_flags(p: argparse.ArgumentParser, default_config: str) -> None:
     p.add_argument("--config", default=default_config,
                    help=f"recipe name in {CONFIG_DIR} or a YAML path (default: {default_config})")
@@ -240,6 +365,48 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="solve the built-in sample problems with the default model")
     _add_search_flags(demo, "demo")
     demo.set_defaults(func=cmd_demo)
+
+    enqueue = sub.add_parser("enqueue", help="validate a problem file and queue it for the search workers")
+    enqueue.add_argument("file")
+    enqueue.add_argument("--run", required=True, help="run name (created on first use)")
+    enqueue.add_argument("--round", type=int, default=1)
+    enqueue.add_argument("--limit", type=int)
+    enqueue.add_argument("--eval", action="store_true", help="use the evaluation queue (higher priority)")
+    enqueue.add_argument("--priority", type=int, choices=range(10), help="0 (low) .. 9 (high)")
+    _add_search_flags(enqueue, "round1")
+    enqueue.set_defaults(func=cmd_enqueue)
+
+    status = sub.add_parser("status", help="progress of a run")
+    status.add_argument("run")
+    status.add_argument("--round", type=int)
+    status.add_argument("--watch", action="store_true", help="refresh until nothing is queued or running")
+    status.add_argument("--interval", type=float, default=5.0)
+    status.set_defaults(func=cmd_status)
+
+    results = sub.add_parser("results", help="write a run's results as JSONL")
+    results.add_argument("run")
+    results.add_argument("--out", required=True)
+    results.add_argument("--round", type=int)
+    results.add_argument("--trees", action="store_true", help="include the whole search tree per result")
+    results.set_defaults(func=cmd_results)
+
+    cancel = sub.add_parser("cancel", help="cancel a run's queued tasks")
+    cancel.add_argument("run")
+    cancel.set_defaults(func=cmd_cancel)
+
+    up = sub.add_parser("up", help="start services and workers as local processes (no Docker)")
+    up.add_argument("--run-dir", default="runs/local")
+    up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--concurrency", type=int, default=16, help="searches per worker process")
+    up.add_argument("--executors", type=int, default=1, help="executor service replicas")
+    up.add_argument("--no-reward", action="store_true", help="skip the PPM service")
+    up.add_argument("--timeout", type=float, default=600)
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop what `rstar up` started")
+    down.add_argument("--run-dir", default="runs/local")
+    down.add_argument("--grace", type=float, default=30)
+    down.set_defaults(func=cmd_down)
 
     models = sub.add_parser("models", help="model cache")
     models_sub = models.add_subparsers(dest="models_command", required=True)

@@ -1,12 +1,13 @@
 """PolicyService: the vLLM policy engine behind gRPC.
 
 `python -m rstar_policy.service` serves `rstar.v1.PolicyService` over one `VLLMPolicy`.
-Every call becomes one engine request with n samples; the engine batches concurrent
-calls (continuous batching) and shares prompt prefixes between them (prefix cache), so
-this module only validates, admits (``RSTAR_POLICY_MAX_IN_FLIGHT`` counts samples) and
-converts. Request errors the engine finds (a prompt longer than the context, too many
-logprobs) are INVALID_ARGUMENT; a dead engine turns the service NOT_SERVING and ends the
-process so that it is restarted.
+Every prompt becomes one engine request with n samples (GenerateStream sends each sample
+as soon as it is finished); the engine batches concurrent calls (continuous batching) and
+shares prompt prefixes between them (prefix cache), so this module only validates, admits
+(``RSTAR_POLICY_MAX_IN_FLIGHT`` counts samples) and converts. Request errors the engine
+finds (a prompt longer than the context, greedy sampling with n > 1) are
+INVALID_ARGUMENT; a dead engine turns the service NOT_SERVING and ends the process so
+that it is restarted.
 
 Which model: ``RSTAR_MODEL`` names a version in the model store ``RSTAR_MODEL_STORE``
 (``<store>/<version>/``, written by the trainer's registry), a directory, or a Hub id;
@@ -38,11 +39,12 @@ Not here: the engine (`rstar_policy.engine`), preparing models (`model_store`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Mapping
+from typing import AsyncIterator, Mapping
 
 import grpc
 from prometheus_client import Counter
@@ -124,16 +126,37 @@ class PolicyService(RpcService[VLLMPolicy], policy_pb2_grpc.PolicyServiceService
         with invalid_argument():
             generation = self._parse(request, "")
         with self.admit(generation.n):
-            completions = await self._generate(generation)
+            async with self._engine_errors():
+                completions = await self.backend.generate(generation)
+        self._prompts.inc()
+        self._count(completions)
         return policy_pb2.GenerateResponse(completions=[completion_to_proto(c) for c in completions],
                                            model_version=self.model_version)
 
     @rpc
-    async def GenerateBatch(self, request: policy_pb2.GenerateBatchRequest, context) -> policy_pb2.GenerateBatchResponse:
+    async def GenerateStream(self, request: policy_pb2.GenerateStreamRequest,
+                             context) -> AsyncIterator[policy_pb2.GenerateStreamResponse]:
+        with invalid_argument():
+            generation = self._parse(request.request, "request.")
+        with self.admit(generation.n):
+            self._prompts.inc()
+            async with self._engine_errors():
+                async for completion in self.backend.generate_stream(generation):
+                    self._count([completion])
+                    yield policy_pb2.GenerateStreamResponse(completion=completion_to_proto(completion),
+                                                            model_version=self.model_version)
+
+    @rpc
+    async def GenerateBatch(self, request: policy_pb2.GenerateBatchRequest,
+                            context) -> policy_pb2.GenerateBatchResponse:
         with invalid_argument():
             generations = [self._parse(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
         with self.admit(sum(g.n for g in generations)):
-            results = await asyncio.gather(*(self._generate(g) for g in generations))
+            async with self._engine_errors():
+                results = await asyncio.gather(*(self.backend.generate(g) for g in generations))
+        self._prompts.inc(len(results))
+        for completions in results:
+            self._count(completions)
         return policy_pb2.GenerateBatchResponse(
             results=[policy_pb2.CompletionList(completions=[completion_to_proto(c) for c in r]) for r in results],
             model_version=self.model_version)
@@ -144,19 +167,20 @@ class PolicyService(RpcService[VLLMPolicy], policy_pb2_grpc.PolicyServiceService
             raise ValueError(f"{field}n must be at most {self.max_n}, got {generation.n}")
         return generation
 
-    async def _generate(self, request: GenerationRequest) -> list[Completion]:
+    @contextlib.asynccontextmanager
+    async def _engine_errors(self) -> AsyncIterator[None]:
         try:
-            completions = await self.backend.generate(request)
+            yield
         except VLLMClientError as exc:  # vLLM's own request validation (prompt too long, ...)
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
         except EngineDeadError as exc:
             await self.fail(f"the vLLM engine died: {exc}")
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the policy engine died; retry on another replica") from exc
-        self._prompts.inc()
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the policy engine died") from exc
+
+    def _count(self, completions: list[Completion]) -> None:
         for completion in completions:
             self._tokens.inc(completion.num_tokens)
             self._completions.labels(completion.finish_reason).inc()
-        return completions
 
 
 def main() -> None:
@@ -167,7 +191,10 @@ def main() -> None:
     service = PolicyService(max_in_flight=server_settings.max_in_flight, max_n=settings.max_n)
 
     def load() -> VLLMPolicy:
-        model = models.resolve(models.policy_model, allow_hub_id=True) if models.policy_model else str(prepare_model())
+        if models.policy_model:
+            model = models.resolve(models.policy_model, allow_hub_id=True)
+        else:
+            model = str(prepare_model())
         log.info("loading policy model %s", model)
         # Built off the event loop so health checks are answered during the load; vLLM
         # starts its output handler on the first request, in the serving loop.

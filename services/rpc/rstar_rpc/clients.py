@@ -5,7 +5,8 @@
 
 * Deadline: every call has one (`ClientSettings.deadline_s`), covering all its attempts.
 * Retries: UNAVAILABLE (no replica reachable, loading, draining) and RESOURCE_EXHAUSTED
-  (a replica is full) are retried with exponential backoff and jitter until the deadline.
+  (a replica is full) are retried with exponential backoff and jitter until the deadline;
+  a stream (`GrpcPolicyClient.generate_stream`) only until its first message.
   DEADLINE_EXCEEDED of one attempt (`attempt_timeout_s`) is retried too, which is only
   right because every rstar.v1 RPC is idempotent; a non-idempotent RPC must not be.
   Other codes (INVALID_ARGUMENT, ...) are raised at once as `grpc.aio.AioRpcError`.
@@ -32,7 +33,7 @@ import json
 import logging
 import random
 import socket
-from typing import Any, ClassVar, Sequence
+from typing import Any, AsyncIterator, ClassVar, Sequence
 
 import grpc
 
@@ -100,6 +101,34 @@ def _join(ip: str, port: str) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+class _Retry:
+    """Deadline and exponential backoff of one call across its attempts."""
+
+    def __init__(self, settings: ClientSettings, what: str) -> None:
+        self._settings = settings
+        self._what = what
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + settings.deadline_s
+        self._backoff = settings.initial_backoff_s
+        self._attempt = 1
+
+    def timeout(self) -> float:
+        remaining = self._deadline - self._loop.time()
+        limit = self._settings.attempt_timeout_s
+        return remaining if limit is None else min(remaining, limit)
+
+    async def pause_or_raise(self, exc: grpc.aio.AioRpcError) -> None:
+        """Sleep before the next attempt, or re-raise `exc` when it is final."""
+        pause = min(self._backoff, self._settings.max_backoff_s) * random.uniform(0.8, 1.2)
+        if exc.code() not in _RETRYABLE or self._loop.time() + pause >= self._deadline:
+            raise exc
+        log.debug("%s attempt %d: %s (%s); retrying in %.2fs", self._what, self._attempt,
+                  exc.code().name, exc.details(), pause)
+        await asyncio.sleep(pause)
+        self._backoff *= 2
+        self._attempt += 1
+
+
 class _GrpcClient:
     """Channel per event loop, deadline, retries, last seen model version."""
 
@@ -140,28 +169,36 @@ class _GrpcClient:
         return self._stub
 
     async def _call(self, method: str, request: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.deadline_s
-        backoff = self.settings.initial_backoff_s
-        attempt = 1
+        retry = _Retry(self.settings, f"{self._service}.{method}")
         while True:
-            remaining = deadline - loop.time()
-            timeout = remaining if self.settings.attempt_timeout_s is None else min(
-                remaining, self.settings.attempt_timeout_s)
             try:
-                response = await getattr(self._current_stub(), method)(request, timeout=timeout)
+                response = await getattr(self._current_stub(), method)(request, timeout=retry.timeout())
             except grpc.aio.AioRpcError as exc:
-                pause = min(backoff, self.settings.max_backoff_s) * random.uniform(0.8, 1.2)
-                if exc.code() not in _RETRYABLE or loop.time() + pause >= deadline:
-                    raise
-                log.debug("%s.%s attempt %d: %s (%s); retrying in %.2fs", self._service, method,
-                          attempt, exc.code().name, exc.details(), pause)
-                await asyncio.sleep(pause)
-                backoff *= 2
-                attempt += 1
+                await retry.pause_or_raise(exc)
                 continue
             self._model_version = response.model_version
             return response
+
+    async def _stream(self, method: str, request: Any) -> AsyncIterator[Any]:
+        """A server stream; retried like `_call`, but only before its first message
+        (the caller has used what came before a failure)."""
+        retry = _Retry(self.settings, f"{self._service}.{method}")
+        while True:
+            call = getattr(self._current_stub(), method)(request, timeout=retry.timeout())
+            received = False
+            try:
+                async for response in call:
+                    received = True
+                    self._model_version = response.model_version
+                    yield response
+                return
+            except grpc.aio.AioRpcError as exc:
+                if received:
+                    raise
+                await retry.pause_or_raise(exc)
+            finally:
+                # A consumer that stops early must not leave the server generating.
+                call.cancel()
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
@@ -184,6 +221,11 @@ class GrpcPolicyClient(_GrpcClient):
     async def generate(self, request: GenerationRequest) -> list[Completion]:
         response = await self._call("Generate", generation_request_to_proto(request))
         return [completion_from_proto(c) for c in response.completions]
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[Completion]:
+        message = policy_pb2.GenerateStreamRequest(request=generation_request_to_proto(request))
+        async for response in self._stream("GenerateStream", message):
+            yield completion_from_proto(response.completion)
 
     async def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         if not requests:

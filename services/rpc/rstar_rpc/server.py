@@ -5,10 +5,10 @@
   replicas in one test process count separately) and admission control: calls are
   UNAVAILABLE until `start(backend)` has warmed the backend up and after `drain()`, and
   RESOURCE_EXHAUSTED once `max_in_flight` work items are being served.
-* `rpc` wraps a servicer method: `ServiceError` becomes its status code, anything else is
-  logged and becomes INTERNAL, and every call is counted and timed
-  (``grpc_server_handled_total``, ``grpc_server_handling_seconds``, the names of
-  go-grpc-prometheus, so standard dashboards work).
+* `rpc` wraps a servicer method (unary or server-streaming): `ServiceError` becomes its
+  status code, anything else is logged and becomes INTERNAL, and every call is counted
+  and timed (``grpc_server_handled_total``, ``grpc_server_handling_seconds``, the names
+  of go-grpc-prometheus, so standard dashboards work).
 * `create_server(service, settings)` binds ``host:port`` (port 0: any free port) and adds
   the service, ``grpc.health.v1.Health`` (NOT_SERVING until the service is started) and
   server reflection; it starts the metrics endpoint when a metrics port is set.
@@ -27,6 +27,7 @@ import abc
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import signal
 import time
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 B = TypeVar("B")
 # Batches of long prompts or many prefixes exceed gRPC's 4 MiB default.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-SERVER_OPTIONS = [
+_SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
@@ -229,32 +230,50 @@ class RpcService(abc.ABC, Generic[B]):
 
 
 def rpc(method: Callable) -> Callable:
-    """Decorate a unary servicer method: status mapping, counting and timing."""
+    """Decorate a servicer method (unary, or an async generator for a server stream):
+    status mapping, counting and timing."""
     method_name = method.__name__
+
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_handler(self: RpcService, request, context: grpc.aio.ServicerContext):
+            async with _handling(self, method_name, context):
+                async for response in method(self, request, context):
+                    yield response
+
+        return stream_handler
 
     @functools.wraps(method)
     async def handler(self: RpcService, request, context: grpc.aio.ServicerContext):
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        async with _handling(self, method_name, context):
             return await method(self, request, context)
-        except ServiceError as exc:
-            code = exc.code
-            await context.abort(exc.code, exc.message)
-        except asyncio.CancelledError:
-            # The client went away or its deadline passed; nobody reads a status now.
-            code = (grpc.StatusCode.DEADLINE_EXCEEDED if context.time_remaining() is not None
-                    and context.time_remaining() <= 0 else grpc.StatusCode.CANCELLED)
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s/%s failed", self.name, method_name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{method_name} failed on the server")
-        finally:
-            self.metrics.handled.labels(self.name, method_name, code.name).inc()
-            self.metrics.handling_seconds.labels(self.name, method_name).observe(time.perf_counter() - start)
 
     return handler
+
+
+@contextlib.asynccontextmanager
+async def _handling(service: RpcService, method_name: str, context: grpc.aio.ServicerContext):
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        yield
+    except ServiceError as exc:
+        code = exc.code
+        await context.abort(exc.code, exc.message)
+    except asyncio.CancelledError:
+        # The client went away or its deadline passed; nobody reads a status now.
+        remaining = context.time_remaining()
+        code = (grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0
+                else grpc.StatusCode.CANCELLED)
+        raise
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        log.exception("%s/%s failed", service.name, method_name)
+        await context.abort(grpc.StatusCode.INTERNAL, f"{method_name} failed on the server")
+    finally:
+        service.metrics.handled.labels(service.name, method_name, code.name).inc()
+        service.metrics.handling_seconds.labels(service.name, method_name).observe(time.perf_counter() - start)
 
 
 async def create_server(service: RpcService, settings: ServerSettings) -> tuple[grpc.aio.Server, int]:
@@ -262,7 +281,7 @@ async def create_server(service: RpcService, settings: ServerSettings) -> tuple[
 
     Call it inside the event loop that will run the server; then ``await server.start()``.
     """
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
     service.register(server)
     health_pb2_grpc.add_HealthServicer_to_server(service.health, server)
     # "" is the whole server (what plain probes ask for); the name is what clients'

@@ -88,7 +88,7 @@ class ServerSettings:
         _service(self.service)
         _port("port", self.port)
         _port("metrics_port", self.metrics_port, allow_none=True)
-        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
+        if type(self.max_in_flight) is not int or self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be a positive int, got {self.max_in_flight!r}")
         _positive("grace_s", self.grace_s)
 

@@ -1,0 +1,202 @@
+"""`rstar up` / `rstar down`: the compose stack as local processes (no Docker needed).
+
+Starts the executor, reward and policy gRPC services and Celery search workers against
+the RabbitMQ and PostgreSQL already running on this machine, with one log file per
+process under a run directory, and waits until every service reports SERVING on gRPC
+health. `rstar down` stops what `rstar up` started (SIGTERM to each process group, then
+SIGKILL after a grace period). The wiring the CLI needs (`RSTAR_DATABASE_URL`,
+`RSTAR_BROKER_URL`) is written to `<run-dir>/env` so a shell can `source` it.
+
+Not here: supervision/restarts (use compose or Kubernetes for that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["StackSpec", "spawn_service", "spawn_worker", "start_stack", "stop_stack", "wait_healthy"]
+
+DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/rstar"
+DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+STATE_FILE = "stack.json"
+
+
+@dataclass
+class StackSpec:
+    run_dir: Path
+    database_url: str = DEFAULT_DB
+    broker_url: str = DEFAULT_BROKER
+    workers: int = 1
+    worker_concurrency: int = 16
+    executors: int = 1
+    with_reward: bool = True
+    base_port: int = 50051
+    # Extra environment for every process (tests set model paths, queue prefixes, ...).
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _ports(spec: StackSpec) -> dict[str, list[int]]:
+    # Replicas of one service listen on ports 10 apart: 50051, 50061, ...
+    return {
+        "policy": [spec.base_port],
+        "reward": [spec.base_port + 1],
+        "executor": [spec.base_port + 2 + 10 * i for i in range(spec.executors)],
+    }
+
+
+def stack_env(spec: StackSpec) -> dict[str, str]:
+    ports = _ports(spec)
+    env = {
+        "RSTAR_DATABASE_URL": spec.database_url,
+        "RSTAR_BROKER_URL": spec.broker_url,
+        "RSTAR_POLICY_ADDR": ",".join(f"127.0.0.1:{p}" for p in ports["policy"]),
+        "RSTAR_REWARD_ADDR": ",".join(f"127.0.0.1:{p}" for p in ports["reward"]),
+        "RSTAR_EXECUTOR_ADDR": ",".join(f"127.0.0.1:{p}" for p in ports["executor"]),
+    }
+    env.update(spec.env)
+    return env
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database named in `url` if it does not exist, then migrate."""
+    from sqlalchemy.engine import make_url
+
+    from rstar_store import migrate
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        import psycopg
+
+        admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{parsed.database}"')
+    migrate(url)
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str], run_dir: Path) -> subprocess.Popen:
+    log = (run_dir / f"{name}.log").open("ab")
+    # Own process group: `down` signals the service and everything it started (engine core).
+    return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def spawn_service(spec: StackSpec, service: str, replica: int = 0) -> subprocess.Popen:
+    """Start (or restart) one replica of a gRPC service on its fixed port."""
+    port = _ports(spec)[service][replica]
+    env = {**os.environ, **stack_env(spec)}
+    env[f"RSTAR_{service.upper()}_PORT"] = str(port)
+    env[f"RSTAR_{service.upper()}_METRICS_PORT"] = str(metrics_port(port))
+    name = f"{service}-{replica}"
+    proc = _spawn(name, [sys.executable, "-m", f"rstar_{service}.service"], env, spec.run_dir)
+    _record_pid(spec.run_dir, name, proc.pid)
+    return proc
+
+
+def spawn_worker(spec: StackSpec, index: int = 0) -> subprocess.Popen:
+    """Start (or restart) one Celery worker process running `worker_concurrency` searches."""
+    env = {**os.environ, **stack_env(spec)}
+    prefix = env.get("RSTAR_QUEUE_PREFIX", "")
+    argv = [sys.executable, "-m", "celery", "-A", "rstar_worker.app", "worker", "-P", "threads",
+            "-Q", f"{prefix}search,{prefix}eval", "-c", str(spec.worker_concurrency),
+            "--prefetch-multiplier", "1", "-n", f"worker{index}.{os.getpid()}@%h", "--loglevel", "INFO"]
+    name = f"worker-{index}"
+    proc = _spawn(name, argv, env, spec.run_dir)
+    _record_pid(spec.run_dir, name, proc.pid)
+    return proc
+
+
+def metrics_port(grpc_port: int) -> int:
+    return grpc_port + 10000
+
+
+def _record_pid(run_dir: Path, name: str, pid: int) -> None:
+    path = run_dir / STATE_FILE
+    state = json.loads(path.read_text())
+    state["pids"][name] = pid
+    path.write_text(json.dumps(state, indent=2))
+
+
+def start_stack(spec: StackSpec) -> dict[str, int]:
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_database(spec.database_url)
+    state = {"pids": {}, "env": stack_env(spec), "ports": _ports(spec)}
+    (spec.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    (spec.run_dir / "env").write_text("".join(f"export {k}={v}\n" for k, v in stack_env(spec).items()))
+    services = ["executor", "policy"] + (["reward"] if spec.with_reward else [])
+    for service in services:
+        for replica in range(len(_ports(spec)[service])):
+            spawn_service(spec, service, replica)
+    for index in range(spec.workers):
+        spawn_worker(spec, index)
+    return json.loads((spec.run_dir / STATE_FILE).read_text())["pids"]
+
+
+def wait_healthy(spec: StackSpec, timeout_s: float = 600.0) -> None:
+    """Block until every gRPC service is SERVING; raise with the log tail if one dies."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    state = json.loads((spec.run_dir / STATE_FILE).read_text())
+    targets = {f"{svc}-{i}": port for svc, ports in state["ports"].items() for i, port in enumerate(ports)
+               if f"{svc}-{i}" in state["pids"]}
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(targets)
+    while waiting:
+        for name, port in list(waiting.items()):
+            if not _alive(state["pids"][name]):
+                tail = (spec.run_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited during start-up; log tail:\n{tail}")
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                except grpc.RpcError:
+                    continue
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                del waiting[name]
+        if waiting and time.monotonic() > deadline:
+            raise TimeoutError(f"not SERVING after {timeout_s:.0f} s: {sorted(waiting)}")
+        if waiting:
+            time.sleep(1.0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours is dead too.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def stop_stack(run_dir: Path, grace_s: float = 30.0) -> list[str]:
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        return []
+    pids = json.loads(path.read_text())["pids"]
+    for pid in pids.values():
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids.values():
+        _signal_group(pid, signal.SIGKILL)
+    path.unlink()
+    return sorted(pids)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

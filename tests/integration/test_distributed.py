@@ -1,0 +1,171 @@
+"""The distributed stack end to end: real RabbitMQ, PostgreSQL, gRPC services and model.
+
+One stack per module (policy service with the real small model, two executor replicas,
+one Celery worker process), started by the same launcher as `make up`, isolated by its
+own database, queue prefix and ports.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from rstar_cli.launcher import StackSpec, metrics_port, spawn_service, spawn_worker, start_stack, stop_stack, wait_healthy
+from rstar_store import Store
+
+pytestmark = pytest.mark.slow
+
+ADMIN_URL = os.environ.get("RSTAR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PROBLEMS = [
+    {"id": "eggs", "question": "A box holds 6 eggs. How many eggs are in 4 boxes?", "answer": "24"},
+    {"id": "ben", "question": "Ben had 20 dollars. He spent 8 dollars on lunch. How many dollars are left?",
+     "answer": "12"},
+    {"id": "sara", "question": "Sara has 7 apples. She buys 5 more apples. How many apples does she have now?",
+     "answer": "12"},
+]
+SMALL = ["--rollouts", "2", "--width", "2", "--set", "max_tokens_per_step=64", "--set", "max_depth=4"]
+
+
+@pytest.fixture(scope="module")
+def stack(model_dir, tmp_path_factory):
+    tag = uuid.uuid4().hex[:8]
+    db_name = f"rstar_it_{tag}"
+    spec = StackSpec(
+        run_dir=tmp_path_factory.mktemp("stack"),
+        database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}",
+        workers=1,
+        worker_concurrency=4,
+        executors=2,
+        with_reward=False,
+        base_port=51000 + (os.getpid() % 50) * 20,
+        env={"RSTAR_MODEL": model_dir, "RSTAR_QUEUE_PREFIX": f"it-{tag}-", "VLLM_CPU_KVCACHE_SPACE": "2",
+             "RSTAR_EXECUTOR_DEADLINE_S": "60", "VLLM_LOGGING_LEVEL": "WARNING"},
+    )
+    start_stack(spec)
+    try:
+        wait_healthy(spec, timeout_s=300)
+        yield spec
+    finally:
+        stop_stack(spec.run_dir, grace_s=10)
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        _delete_queues(spec.env["RSTAR_QUEUE_PREFIX"])
+
+
+def _delete_queues(prefix):
+    from kombu import Connection
+
+    with Connection(StackSpec.broker_url) as conn:
+        channel = conn.default_channel
+        for name in ("search", "eval", "train"):
+            channel.queue_delete(prefix + name)
+
+
+def _cli(spec, *args, check=True):
+    env = {**os.environ, **spec.env, "RSTAR_DATABASE_URL": spec.database_url, "RSTAR_BROKER_URL": spec.broker_url}
+    result = subprocess.run([sys.executable, "-m", "rstar_cli.main", *args], env=env, capture_output=True,
+                            text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def _problem_file(tmp_path, problems):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    return str(path)
+
+
+def _wait_done(spec, run, total, timeout_s=400):
+    store = Store.from_url(spec.database_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            progress = store.run_progress(run)
+            if progress.states["done"] + progress.states["failed"] >= total:
+                return progress
+            time.sleep(1)
+        raise AssertionError(f"run {run} did not finish: {store.run_progress(run)}")
+    finally:
+        store.close()
+
+
+def _count(spec, sql, **params):
+    store = Store.from_url(spec.database_url)
+    try:
+        with store.engine.connect() as conn:
+            return conn.execute(text(sql), params).scalar_one()
+    finally:
+        store.close()
+
+
+def test_enqueue_three_problems_all_complete(stack, tmp_path):
+    out = _cli(stack, "enqueue", _problem_file(tmp_path, PROBLEMS), "--run", "three", "--config", "demo", *SMALL)
+    assert "3 new tasks enqueued" in out.stdout
+    progress = _wait_done(stack, "three", 3)
+    assert progress.states["done"] == 3 and progress.results == 3 and progress.tokens > 0
+    status = _cli(stack, "status", "three")
+    assert "done 3/3" in status.stdout
+    results = tmp_path / "results.jsonl"
+    _cli(stack, "results", "three", "--out", str(results))
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(r["problem_id"] for r in rows) == ["ben", "eggs", "sara"]
+    # Enqueueing the same file again creates no new work.
+    again = _cli(stack, "enqueue", _problem_file(tmp_path, PROBLEMS), "--run", "three", "--config", "demo", *SMALL)
+    assert "0 new tasks enqueued" in again.stdout
+
+
+def test_both_executor_replicas_serve(stack):
+    counts = []
+    for port in json.loads((stack.run_dir / "stack.json").read_text())["ports"]["executor"]:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port(port)}/metrics", timeout=5).read().decode()
+        total = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                    if line.startswith("rstar_executor_executions_total{"))
+        counts.append(total)
+    assert len(counts) == 2 and all(c > 0 for c in counts), counts
+
+
+def test_killed_worker_task_is_redelivered_and_written_once(stack, tmp_path):
+    _cli(stack, "enqueue", _problem_file(tmp_path, PROBLEMS[:2]), "--run", "kill", "--config", "demo",
+         "--rollouts", "6", "--width", "3", "--set", "max_tokens_per_step=96")
+    store = Store.from_url(stack.database_url)
+    try:
+        deadline = time.monotonic() + 120
+        while store.run_progress("kill").states["running"] == 0:
+            assert time.monotonic() < deadline, "no task started"
+            time.sleep(0.2)
+    finally:
+        store.close()
+    time.sleep(1.0)  # well inside a search
+    pid = json.loads((stack.run_dir / "stack.json").read_text())["pids"]["worker-0"]
+    os.killpg(pid, signal.SIGKILL)
+    spawn_worker(stack, 0)
+    progress = _wait_done(stack, "kill", 2)
+    assert progress.states["done"] == 2
+    rows = _count(stack, "SELECT count(*) FROM search_results r JOIN search_tasks t ON t.id = r.task_id "
+                         "JOIN runs ON runs.id = t.run_id WHERE runs.name = 'kill'")
+    assert rows == 2
+    redelivered = _count(stack, "SELECT count(*) FROM search_tasks t JOIN runs ON runs.id = t.run_id "
+                                "WHERE runs.name = 'kill' AND t.attempts >= 2")
+    assert redelivered >= 1
+
+
+def test_batch_completes_when_executors_stop_for_a_while(stack, tmp_path):
+    state = json.loads((stack.run_dir / "stack.json").read_text())
+    _cli(stack, "enqueue", _problem_file(tmp_path, PROBLEMS), "--run", "outage", "--config", "demo", *SMALL)
+    time.sleep(2.0)
+    for name in ("executor-0", "executor-1"):
+        os.killpg(state["pids"][name], signal.SIGKILL)
+    time.sleep(4.0)
+    for replica in (0, 1):
+        spawn_service(stack, "executor", replica)
+    progress = _wait_done(stack, "outage", 3)
+    assert progress.states["done"] == 3, progress
