@@ -58,10 +58,13 @@ test: model protos
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-bench: bench-search
+bench: bench-search bench-pipeline
 
 bench-search: model
 	$(PY) bench/search_bench.py --out-md docs/benchmarks.md --out-json docs/benchmarks.json
+
+bench-pipeline: model protos
+	$(PY) bench/pipeline_bench.py --out-md docs/benchmarks.md --out-json docs/benchmarks.json
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

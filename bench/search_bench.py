@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 from rstar_core.config import load_config
 from rstar_core.metrics import format_adherence
-from rstar_core.ports import Completion, GenerationRequest
+from rstar_core.ports import GenerationRequest
+from rstar_policy.recording import RecordingPolicy
 
 COMMAND = "make bench-search"
 # Figures measured on this machine class with the same model and work (issue #2).
@@ -36,43 +37,28 @@ RESEARCH_CODE = {"end_to_end_tokens_per_s": 24, "without_thread_oversubscription
                  "offline_engine_tokens_per_s": "556-610"}
 
 
-class RecordingPolicy:
-    """Wraps the policy and records every request with the token count of each sample."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.log: list[tuple[GenerationRequest, list[int]]] = []
-
-    @property
-    def model_version(self) -> str:
-        return self.inner.model_version
-
-    async def generate(self, request: GenerationRequest) -> list[Completion]:
-        out = await self.inner.generate(request)
-        self.log.append((request, [c.num_tokens for c in out]))
-        return out
-
-    async def generate_stream(self, request: GenerationRequest):
-        lengths: list[int] = []
-        self.log.append((request, lengths))
-        async for completion in self.inner.generate_stream(request):
-            lengths.append(completion.num_tokens)
-            yield completion
-
-
 class PeakMemory:
-    """Samples the RSS of this process and its children (the engine) every 50 ms."""
+    """Samples the RSS of some processes and their children every 50 ms (default: this one)."""
 
-    def __init__(self):
+    def __init__(self, pids=None):
         self.peak = 0
+        self.pids = pids or [os.getpid()]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _tree(self):
+        for pid in self.pids:
+            try:
+                root = psutil.Process(pid)
+                yield root
+                yield from root.children(recursive=True)
+            except psutil.Error:
+                continue
+
     def _run(self):
-        me = psutil.Process()
         while not self._stop.is_set():
             total = 0
-            for proc in [me, *me.children(recursive=True)]:
+            for proc in self._tree():
                 try:
                     total += proc.memory_info().rss
                 except psutil.Error:
@@ -108,18 +94,18 @@ async def run_search(problems, config):
             wall = time.perf_counter() - start
         sandbox = await measure_overhead(runtime.executor, n=300)
     return {"trees": trees, "solved": solved, "wall_s": wall, "peak_rss_mb": mem.peak / 2**20,
-            "log": policy.log, "sandbox": sandbox}
+            "log": policy.entries, "sandbox": sandbox}
 
 
-def run_engine(model_dir: str, log, seed: int, temperature: float) -> dict:
+def run_engine(model_dir: str, log, seed: int) -> dict:
     """The same prompts and sample lengths as one offline batch (the raw engine figure)."""
     from vllm import LLM, SamplingParams
 
     prompts, params = [], []
-    for request, lengths in log:
+    for prompt, temperature, lengths in log:
         for n_tokens in lengths:
             if n_tokens:
-                prompts.append(request.prompt)
+                prompts.append(prompt)
                 params.append(SamplingParams(n=1, temperature=temperature, max_tokens=n_tokens, ignore_eos=True))
     # Same engine settings as the search's policy engine (EngineSettings defaults).
     from rstar_policy.engine import EngineSettings
@@ -155,8 +141,8 @@ def main() -> None:
     model_dir = str(prepare_model())
 
     search = asyncio.run(run_search(problems, config))
-    search_tokens = sum(sum(lengths) for _, lengths in search["log"])
-    engine = run_engine(model_dir, search["log"], config.seed, config.temperature)
+    search_tokens = sum(sum(lengths) for _, _, lengths in search["log"])
+    engine = run_engine(model_dir, search["log"], config.seed)
 
     search_tps = search_tokens / search["wall_s"]
     results = {

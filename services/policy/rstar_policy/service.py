@@ -31,7 +31,8 @@ one version by rolling out between rounds.
 Environment (besides the server's, see `rstar_rpc.settings`): ``RSTAR_MAX_MODEL_LEN``
 (4096), ``RSTAR_CPU_KVCACHE_GIB`` (4), ``RSTAR_POLICY_SEED`` (engine seed, 0),
 ``RSTAR_POLICY_MAX_N`` (largest n per prompt, 64), ``RSTAR_ENFORCE_EAGER`` (1: no CUDA
-graphs / compilation, quick start; 0 on GPUs for throughput).
+graphs / compilation, quick start; 0 on GPUs for throughput), ``RSTAR_POLICY_REQUEST_LOG``
+(a JSONL path: log every request's prompt and sample lengths, for replay benchmarks).
 
 Not here: the engine (`rstar_policy.engine`), preparing models (`model_store`).
 """
@@ -54,6 +55,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from rstar_core.ports import Completion, GenerationRequest
 from rstar_policy.engine import EngineSettings, VLLMPolicy
 from rstar_policy.model_store import prepare_model
+from rstar_policy.recording import RecordingPolicy
 from rstar_rpc.converters import completion_to_proto, generation_request_from_proto
 from rstar_rpc.gen.rstar.v1 import policy_pb2, policy_pb2_grpc
 from rstar_rpc.server import RpcService, ServiceError, configure_logging, invalid_argument, rpc, serve
@@ -198,7 +200,9 @@ def main() -> None:
         log.info("loading policy model %s", model)
         # Built off the event loop so health checks are answered during the load; vLLM
         # starts its output handler on the first request, in the serving loop.
-        return VLLMPolicy(settings.engine(model))
+        engine = VLLMPolicy(settings.engine(model))
+        request_log = os.environ.get("RSTAR_POLICY_REQUEST_LOG")
+        return RecordingPolicy(engine, request_log) if request_log else engine
 
     if not asyncio.run(serve(service, server_settings, lambda: asyncio.to_thread(load))):
         sys.exit(1)

@@ -69,6 +69,11 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Clients re-resolve DNS only when a connection ends: closing connections every few
+    # minutes (gracefully, calls in flight get a long grace) lets round-robin clients
+    # discover replicas added by `--scale` or a Kubernetes scale-up.
+    ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+    ("grpc.max_connection_age_grace_ms", 10 * 60 * 1000),
 ]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

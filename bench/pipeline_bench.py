@@ -1,0 +1,164 @@
+"""The search benchmark's fixed work through the full distributed stack (`make bench-pipeline`).
+
+Starts the local stack (policy and executor gRPC services, one Celery worker process
+running all 20 searches at once) against this machine's RabbitMQ and PostgreSQL, with
+the policy service logging every request. Enqueues the first 20 GSM8K test problems with
+deploy/configs/bench.yaml, waits until all are done, then replays the logged prompts and
+token counts as one offline engine batch. Compares with the in-process figure of the
+latest `make bench-search` in docs/benchmarks.json. Writes the "pipeline" record there
+and its section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from search_bench import PeakMemory, run_engine
+
+REPO = Path(__file__).resolve().parents[1]
+COMMAND = "make bench-pipeline"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=str(REPO / "deploy" / "configs" / "bench.yaml"))
+    parser.add_argument("--problems", type=int, default=20)
+    parser.add_argument("--out-json", default=str(REPO / "docs" / "benchmarks.json"))
+    parser.add_argument("--out-md", default=str(REPO / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+
+    tag = uuid.uuid4().hex[:8]
+    # Isolate this run's queues before anything imports the Celery app.
+    os.environ["RSTAR_QUEUE_PREFIX"] = f"bench-{tag}-"
+
+    import psycopg
+
+    from rstar_cli.launcher import StackSpec, start_stack, stop_stack, wait_healthy
+    from rstar_cli.problems import load_problems
+    from rstar_core.config import load_config
+    from rstar_policy.model_store import prepare_model
+    from rstar_policy.recording import read_request_log
+    from rstar_store import Store
+    from rstar_worker.app import SEARCH_QUEUE, SEARCH_TASK, app
+
+    data_dir = Path(os.environ.get("RSTAR_DATA_DIR", REPO.parent / "shared" / "data"))
+    problems = load_problems(data_dir / "eval" / "GSM8K_test.json", limit=args.problems)
+    config = load_config(args.config)
+    model_dir = str(prepare_model())
+    work = Path(tempfile.mkdtemp(prefix="rstar-bench-"))
+    request_log = work / "requests.jsonl"
+    db_name = f"rstar_bench_{tag}"
+    spec = StackSpec(
+        run_dir=work / "stack",
+        database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}",
+        workers=1,
+        worker_concurrency=len(problems),
+        executors=1,
+        with_reward=False,
+        base_port=52000,
+        env={"RSTAR_MODEL": model_dir, "RSTAR_QUEUE_PREFIX": os.environ["RSTAR_QUEUE_PREFIX"],
+             "RSTAR_POLICY_REQUEST_LOG": str(request_log), "VLLM_LOGGING_LEVEL": "WARNING"},
+    )
+    start_stack(spec)
+    try:
+        wait_healthy(spec, timeout_s=600)
+        pids = json.loads((spec.run_dir / "stack.json").read_text())["pids"].values()
+        store = Store.from_url(spec.database_url)
+        store.get_or_create_run("bench", config_name="bench", config=config.to_dict())
+        batch = store.add_batch("bench", 1, config.seed, problems, config.to_dict(), source="GSM8K_test.json")
+        with PeakMemory(pids=list(pids)) as mem:
+            start = time.perf_counter()
+            for task_id in batch.new_task_ids:
+                app.send_task(SEARCH_TASK, args=[task_id], queue=SEARCH_QUEUE)
+            while True:
+                progress = store.run_progress("bench")
+                if progress.states["done"] + progress.states["failed"] >= len(problems):
+                    break
+                time.sleep(0.25)
+            wall = time.perf_counter() - start
+        store.close()
+    finally:
+        stop_stack(spec.run_dir, grace_s=10)
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+    log = read_request_log(request_log)
+    tokens = sum(sum(lengths) for _, _, lengths in log)
+    engine = run_engine(model_dir, log, config.seed)
+    pipeline_tps = tokens / wall
+    out_json = Path(args.out_json)
+    records = json.loads(out_json.read_text()) if out_json.exists() else {}
+    inprocess = records.get("search", {}).get("results", {})
+    results = {
+        "pipeline_vs_engine_ratio": round(pipeline_tps / engine["tokens_per_s"], 3),
+        "pipeline_vs_inprocess_ratio": (round(pipeline_tps / inprocess["search_tokens_per_s"], 3)
+                                        if inprocess else None),
+        "pipeline_tokens_per_s": round(pipeline_tps, 1),
+        "engine_tokens_per_s": round(engine["tokens_per_s"], 1),
+        "inprocess_tokens_per_s": inprocess.get("search_tokens_per_s"),
+        "problems_per_min": round(len(problems) / wall * 60, 2),
+        "inprocess_problems_per_min": inprocess.get("problems_per_min"),
+        "pipeline_wall_s": round(wall, 1),
+        "generated_tokens": tokens,
+        "policy_requests": len(log),
+        "done": progress.states["done"],
+        "failed": progress.states["failed"],
+        "stack_peak_rss_mb": round(mem.peak / 2**20),
+    }
+    records["pipeline"] = {
+        "command": COMMAND,
+        "config_file": str(Path(args.config).relative_to(REPO)),
+        "config": config.to_dict(),
+        "problems": f"GSM8K_test.json first {len(problems)}",
+        "stack": "policy + executor gRPC services, 1 Celery worker process (threads, concurrency 20), "
+                 "RabbitMQ, PostgreSQL, all on this machine",
+        "machine": f"{os.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, no GPU",
+        "date": time.strftime("%Y-%m-%d"),
+        "results": results,
+    }
+    out_json.write_text(json.dumps(records, indent=2) + "\n")
+    write_markdown(Path(args.out_md), records["pipeline"])
+    print(json.dumps(results, indent=2))
+
+
+def write_markdown(path: Path, record: dict) -> None:
+    r = record["results"]
+    section = f"""<!-- pipeline-bench:start -->
+## Pipeline benchmark (`{record['command']}`)
+
+{record['date']}, {record['machine']}; {record['stack']}. Same work as the search benchmark
+(config `{record['config_file']}`, {record['problems']}).
+
+| metric | value |
+|---|---|
+| pipeline tokens/s (enqueue to last result in PostgreSQL) | **{r['pipeline_tokens_per_s']}** |
+| raw engine tokens/s (same prompts and token counts, one offline batch) | {r['engine_tokens_per_s']} |
+| pipeline ÷ engine | **{r['pipeline_vs_engine_ratio']}** (goal ≥ 0.85) |
+| in-process search tokens/s (latest `make bench-search`) | {r['inprocess_tokens_per_s']} |
+| pipeline ÷ in-process | **{r['pipeline_vs_inprocess_ratio']}** |
+| problems/minute, pipeline / in-process | {r['problems_per_min']} / {r['inprocess_problems_per_min']} |
+| generated tokens / policy requests | {r['generated_tokens']} / {r['policy_requests']} |
+| tasks done / failed | {r['done']} / {r['failed']} |
+| peak RSS of the stack's processes | {r['stack_peak_rss_mb']} MB |
+<!-- pipeline-bench:end -->
+"""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start, end = "<!-- pipeline-bench:start -->", "<!-- pipeline-bench:end -->\n"
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text += "\n" + section
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
