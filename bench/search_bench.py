@@ -120,6 +120,8 @@ def run_engine(model_dir: str, log, seed: int) -> dict:
         outs = llm.generate(prompts, params, use_tqdm=False)
         wall = time.perf_counter() - start
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    # Stop the engine core process now: left to interpreter exit, multiprocessing waits on it.
+    llm.llm_engine.engine_core.shutdown()
     return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "sequences": len(prompts),
             "peak_rss_mb": mem.peak / 2**20}
 

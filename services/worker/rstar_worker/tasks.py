@@ -6,9 +6,9 @@ the result idempotently (a redelivered task never writes twice). A service that 
 unavailable makes the task retry with exponential backoff; a task that keeps failing ends
 in the `failed` state with its reason, never silently dropped.
 
-Concurrency: run the worker with the threads pool (`-P threads -c N`): each thread keeps
-its own event loop and gRPC channels, so one process runs N searches at once and the
-policy service sees them as one batch.
+Concurrency: run the worker with the threads pool (`-P threads -c N`): the N threads hand
+their searches to one event loop per process with one gRPC channel per service, so one
+process runs N searches at once and the policy service sees them as one batch.
 """
 
 from __future__ import annotations
@@ -44,30 +44,39 @@ class ServiceUnavailable(Exception):
 
 
 @dataclass
-class _ThreadState:
+class _Shared:
+    """One event loop thread per worker process, and the clients that live in it.
+
+    Celery's threads hand their searches to this loop, so all searches of a process share
+    one gRPC channel per service and one loop (no per-thread pollers competing for the
+    CPU with the engine), exactly like the in-process search.
+    """
+
     loop: asyncio.AbstractEventLoop
     policy: GrpcPolicyClient
     reward: GrpcRewardClient
     executor: GrpcExecutorClient
 
 
-_local = threading.local()
+_shared_lock = threading.Lock()
+_shared: _Shared | None = None
 _store_lock = threading.Lock()
 _store: Store | None = None
 
 
-def _state() -> _ThreadState:
-    """This thread's event loop and clients, created once and reused across tasks."""
-    state = getattr(_local, "state", None)
-    if state is None:
-        state = _ThreadState(
-            loop=asyncio.new_event_loop(),
-            policy=GrpcPolicyClient(ClientSettings.from_env("policy")),
-            reward=GrpcRewardClient(ClientSettings.from_env("reward")),
-            executor=GrpcExecutorClient(ClientSettings.from_env("executor")),
-        )
-        _local.state = state
-    return state
+def _state() -> _Shared:
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="rstar-search-loop", daemon=True).start()
+            _shared = _Shared(
+                loop=loop,
+                policy=GrpcPolicyClient(ClientSettings.from_env("policy")),
+                reward=GrpcRewardClient(ClientSettings.from_env("reward")),
+                executor=GrpcExecutorClient(ClientSettings.from_env("executor")),
+            )
+        return _shared
 
 
 def store() -> Store:
@@ -91,7 +100,8 @@ def search(self: Task, task_id: int) -> str:
         state = _state()
         reward = state.reward if config.needs_reward_model else None
         mcts = MCTS(state.policy, state.executor, config, reward=reward)
-        result = state.loop.run_until_complete(_run(mcts, spec.problem, [state.policy, reward]))
+        future = asyncio.run_coroutine_threadsafe(_run(mcts, spec.problem, [state.policy, reward]), state.loop)
+        result = future.result()
     except ServiceUnavailable as exc:
         final = self.request.retries >= self.max_retries
         db.mark_failed(task_id, f"service unavailable: {exc}", final=final)
