@@ -21,7 +21,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export RSTAR_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/rstar
 export RSTAR_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: install model protos demo test test-fast up down bench bench-search bench-pipeline clean
+.PHONY: install model protos deploy-tools demo test test-fast up down bench bench-search bench-pipeline clean
 
 install: $(STAMP)
 
@@ -52,8 +52,15 @@ down:
 demo: model
 	$(BIN)/rstar demo
 
-test: model protos
+test: model protos deploy-tools
 	$(PY) -m pytest -q
+
+# docker-compose (v1, from Debian) validates the compose files in tests; best effort.
+deploy-tools:
+	@command -v docker-compose >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -q docker-compose >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1)) || \
+		echo "docker-compose not installed: compose validation tests will be skipped"; }
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

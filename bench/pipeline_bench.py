@@ -27,6 +27,30 @@ REPO = Path(__file__).resolve().parents[1]
 COMMAND = "make bench-pipeline"
 
 
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time used so far by each stack process (with its children) and by the broker and DB."""
+    out: dict[str, float] = {}
+
+    def total(proc: psutil.Process) -> float:
+        times = proc.cpu_times()
+        return times.user + times.system
+
+    for name, pid in pids.items():
+        try:
+            root = psutil.Process(pid)
+            out[name] = sum(total(p) for p in [root, *root.children(recursive=True)])
+        except psutil.Error:
+            out[name] = 0.0
+    for proc in psutil.process_iter(["name"]):
+        label = {"beam.smp": "rabbitmq", "postgres": "postgres"}.get(proc.info["name"] or "")
+        if label:
+            try:
+                out[label] = out.get(label, 0.0) + total(proc)
+            except psutil.Error:
+                pass
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(REPO / "deploy" / "configs" / "bench.yaml"))
@@ -70,10 +94,12 @@ def main() -> None:
     start_stack(spec)
     try:
         wait_healthy(spec, timeout_s=600)
-        pids = json.loads((spec.run_dir / "stack.json").read_text())["pids"].values()
+        pid_map = json.loads((spec.run_dir / "stack.json").read_text())["pids"]
+        pids = pid_map.values()
         store = Store.from_url(spec.database_url)
         store.get_or_create_run("bench", config_name="bench", config=config.to_dict())
         batch = store.add_batch("bench", 1, config.seed, problems, config.to_dict(), source="GSM8K_test.json")
+        cpu_before = _cpu_seconds(pid_map)
         with PeakMemory(pids=list(pids)) as mem:
             start = time.perf_counter()
             for task_id in batch.new_task_ids:
@@ -84,6 +110,7 @@ def main() -> None:
                     break
                 time.sleep(0.25)
             wall = time.perf_counter() - start
+        cpu_after = _cpu_seconds(pid_map)
         store.close()
     finally:
         stop_stack(spec.run_dir, grace_s=10)
@@ -112,6 +139,9 @@ def main() -> None:
         "done": progress.states["done"],
         "failed": progress.states["failed"],
         "stack_peak_rss_mb": round(mem.peak / 2**20),
+        # CPU seconds each part used during the run (the policy entry includes its engine).
+        "cpu_s": {k: round(cpu_after.get(k, 0.0) - v, 1) for k, v in sorted(cpu_before.items())},
+        "cpu_capacity_s": round(wall * (os.cpu_count() or 1), 1),
     }
     records["pipeline"] = {
         "command": COMMAND,
@@ -148,6 +178,7 @@ def write_markdown(path: Path, record: dict) -> None:
 | generated tokens / policy requests | {r['generated_tokens']} / {r['policy_requests']} |
 | tasks done / failed | {r['done']} / {r['failed']} |
 | peak RSS of the stack's processes | {r['stack_peak_rss_mb']} MB |
+| CPU seconds used during the run, by process (of {r['cpu_capacity_s']} available) | {', '.join(f"{k} {v}" for k, v in r['cpu_s'].items())} |
 <!-- pipeline-bench:end -->
 """
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
