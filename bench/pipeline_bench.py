@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from search_bench import PeakMemory, run_engine
+from search_bench import PeakMemory, replace_section, run_engine
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = "make bench-pipeline"
@@ -181,14 +181,7 @@ def write_markdown(path: Path, record: dict) -> None:
 | CPU seconds used during the run, by process (of {r['cpu_capacity_s']} available) | {', '.join(f"{k} {v}" for k, v in r['cpu_s'].items())} |
 <!-- pipeline-bench:end -->
 """
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start, end = "<!-- pipeline-bench:start -->", "<!-- pipeline-bench:end -->\n"
-    if start in text:
-        head, rest = text.split(start, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text += "\n" + section
-    path.write_text(text)
+    replace_section(path, "pipeline-bench", section)
 
 
 if __name__ == "__main__":

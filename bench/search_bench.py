@@ -212,13 +212,18 @@ end to end ({RESEARCH_CODE['without_thread_oversubscription']} once its `torch.s
 {RESEARCH_CODE['offline_engine_tokens_per_s']} tokens/s for one offline engine batch over its prompts.
 <!-- search-bench:end -->
 """
+    replace_section(path, "search-bench", section)
+
+
+def replace_section(path: Path, name: str, section: str) -> None:
+    """Put `section` (wrapped in <!-- name:start/end --> markers) into the file, replacing its old copy."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here names the command that produced it.\n\n"
-    start, end = "<!-- search-bench:start -->", "<!-- search-bench:end -->\n"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->\n"
     if start in text:
         head, rest = text.split(start, 1)
         text = head + section + rest.split(end, 1)[1]
     else:
-        text += section
+        text += "\n" + section
     path.write_text(text)
 
 

@@ -65,3 +65,24 @@ def test_json_array_files_and_ids(tmp_path, data_dir):
     path.write_text(json.dumps({"question": "q1", "answer": ["1", "one"]}) + "\n\n" + json.dumps({"question": "q2"}))
     loaded = load_problems(path)
     assert [p.id for p in loaded] == ["0", "1"] and loaded[0].answer == ["1", "one"]
+
+
+def test_enqueue_validates_the_whole_file_before_touching_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RSTAR_DATABASE_URL", f"sqlite:///{tmp_path}/never-created.db")
+    path = _write(tmp_path, ['{"question": "1+1?"}', '{"question": "2+2?"}', '{"answer": "x"}'])
+    code, err = _run(capsys, "enqueue", path, "--run", "r")
+    assert code == 2 and "p.jsonl:3: missing field 'question'" in err[0]
+    assert not (tmp_path / "never-created.db").exists()
+
+
+def test_status_of_unknown_run_and_unreachable_database(tmp_path, capsys, monkeypatch):
+    from rstar_store import migrate
+
+    url = f"sqlite:///{tmp_path}/rstar.db"
+    migrate(url)
+    monkeypatch.setenv("RSTAR_DATABASE_URL", url)
+    code, err = _run(capsys, "status", "nope")
+    assert code == 2 and len(err) == 1 and "nope" in err[0]
+    monkeypatch.setenv("RSTAR_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/rstar_no_such_db")
+    code, err = _run(capsys, "status", "nope")
+    assert code == 2 and "cannot use the database" in err[0] and "rstar_no_such_db" in err[0]

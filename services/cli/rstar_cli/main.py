@@ -215,7 +215,6 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     """Validate the whole file, record the batch in one transaction, then publish the tasks."""
-    from rstar_store import Store
     from rstar_worker.app import EVAL_QUEUE, SEARCH_QUEUE, SEARCH_TASK, app
 
     with _as_usage_error():
@@ -223,13 +222,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             raise ValueError(f"--round must be >= 1, got {args.round}")
         config = _resolve_config(args.config, _config_overrides(args))
         problems = load_problems(args.file, limit=args.limit)
-    store = Store.from_url()
-    try:
-        with _as_usage_error():
-            store.get_or_create_run(args.run, config_name=args.config, config=config.to_dict())
-            batch = store.add_batch(args.run, args.round, config.seed, problems, config.to_dict(), source=str(args.file))
-    finally:
-        store.close()
+    with _open_store() as store:
+        store.get_or_create_run(args.run, config_name=args.config, config=config.to_dict())
+        batch = store.add_batch(args.run, args.round, config.seed, problems, config.to_dict(), source=str(args.file))
     queue = EVAL_QUEUE if args.eval else SEARCH_QUEUE
     priority = args.priority if args.priority is not None else (7 if args.eval else 4)
     for task_id in batch.new_task_ids:
@@ -238,6 +233,35 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
           f"{len(batch.new_task_ids)} new tasks enqueued on '{queue}' "
           f"({len(set(batch.task_ids)) - len(batch.new_task_ids)} already known)")
     return 0
+
+
+@contextmanager
+def _open_store():
+    """The distributed store; unknown runs and bad input become one-line usage errors."""
+    from rstar_store import Store
+
+    from .launcher import DEFAULT_DB
+
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    url = os.environ.get("RSTAR_DATABASE_URL", DEFAULT_DB)
+    store = Store.from_url(url)
+    shown = store.engine.url.render_as_string(hide_password=True)
+    try:
+        with _as_usage_error():
+            try:
+                yield store
+            except LookupError as exc:
+                raise ValueError(str(exc)) from None
+            except OperationalError as exc:
+                reason = str(exc.orig).strip().splitlines()[-1] if exc.orig else str(exc)
+                raise ValueError(f"cannot use the database {shown}: {reason} "
+                                 "(start it with `make up`, or set RSTAR_DATABASE_URL)") from None
+            except ProgrammingError:
+                raise ValueError(f"the database {shown} has no rstar schema: "
+                                 "run `python -m rstar_store migrate` (or `make up`)") from None
+    finally:
+        store.close()
 
 
 def _progress_line(p) -> str:
@@ -249,57 +273,30 @@ def _progress_line(p) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rstar_store import Store
-
-    store = Store.from_url()
-    try:
-        with _as_usage_error():
-            while True:
-                try:
-                    progress = store.run_progress(args.run, round=args.round)
-                except LookupError as exc:
-                    raise ValueError(str(exc)) from None
-                print(_progress_line(progress), flush=True)
-                finished = progress.states.get("queued", 0) + progress.states.get("running", 0) == 0
-                if not args.watch or finished:
-                    break
-                time.sleep(args.interval)
-    finally:
-        store.close()
+    with _open_store() as store:
+        while True:
+            progress = store.run_progress(args.run, round=args.round)
+            print(_progress_line(progress), flush=True)
+            finished = progress.states.get("queued", 0) + progress.states.get("running", 0) == 0
+            if not args.watch or finished:
+                break
+            time.sleep(args.interval)
     return 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from rstar_store import Store
-
-    store = Store.from_url()
     count = 0
-    try:
-        with _as_usage_error(), Path(args.out).open("w", encoding="utf-8") as out:
-            try:
-                for row in store.iter_results(args.run, round=args.round, with_tree=args.trees):
-                    out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-                    count += 1
-            except LookupError as exc:
-                raise ValueError(str(exc)) from None
-    finally:
-        store.close()
+    with _open_store() as store, Path(args.out).open("w", encoding="utf-8") as out:
+        for row in store.iter_results(args.run, round=args.round, with_tree=args.trees):
+            out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            count += 1
     print(f"wrote {count} results to {args.out}")
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from rstar_store import Store
-
-    store = Store.from_url()
-    try:
-        with _as_usage_error():
-            try:
-                cancelled = store.cancel_run(args.run)
-            except LookupError as exc:
-                raise ValueError(str(exc)) from None
-    finally:
-        store.close()
+    with _open_store() as store:
+        cancelled = store.cancel_run(args.run)
     print(f"run {args.run} cancelled: {cancelled} queued tasks will not run")
     return 0
 
