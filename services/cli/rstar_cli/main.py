@@ -117,12 +117,13 @@ async def _solve(problems: list[Problem], config: SearchConfig, out_path: Path |
     if not todo:
         return 0
     trees = []
-    start = time.perf_counter()
+    launched = time.perf_counter()
     n_correct = n_known = tokens = failed = 0
     out_fh = out_path.open("a", encoding="utf-8") if out_path else None
     try:
         async with embedded_runtime(config) as runtime:
             mcts = runtime.mcts(config)
+            start = time.perf_counter()
             bar = tqdm(total=len(todo), desc="solving", unit="problem", file=sys.stderr, dynamic_ncols=True)
             async for i, result in mcts.search_many(todo, return_exceptions=True):
                 problem = todo[i]
@@ -155,7 +156,8 @@ async def _solve(problems: list[Problem], config: SearchConfig, out_path: Path |
         "solved": f"{n_correct}/{n_known}" if n_known else "n/a",
         "tokens": tokens,
         "tokens_per_s": round(tokens / wall, 1) if wall else 0.0,
-        "wall_s": round(wall, 1),
+        "search_s": round(wall, 1),
+        "startup_s": round(start - launched, 1),
         "format": format_adherence(trees),
     }
     print(json.dumps(summary))
