@@ -110,7 +110,8 @@ def run_engine(model_dir: str, log, seed: int) -> dict:
     # Same engine settings as the search's policy engine (EngineSettings defaults).
     from rstar_policy.engine import EngineSettings
 
-    engine = EngineSettings(model=model_dir, seed=seed)
+    engine = EngineSettings(model=model_dir, seed=seed,
+                            enforce_eager=os.environ.get("RSTAR_ENFORCE_EAGER", "1") not in ("0", "false", "no"))
     llm = LLM(model=model_dir, dtype=engine.dtype, seed=seed, enforce_eager=engine.enforce_eager,
               enable_prefix_caching=engine.enable_prefix_caching, max_model_len=engine.max_model_len,
               block_size=engine.block_size, max_num_seqs=engine.max_num_seqs)

@@ -34,6 +34,8 @@ class EmbeddedSettings:
     model_cache: str = ""
     max_model_len: int = 4096
     cpu_kvcache_gib: int = 4
+    # False compiles the model (torch.compile / CUDA graphs): slower start, faster steps.
+    enforce_eager: bool = True
 
     @classmethod
     def from_env(cls) -> "EmbeddedSettings":
@@ -44,6 +46,7 @@ class EmbeddedSettings:
             model_cache=env.get("RSTAR_MODEL_CACHE", ""),
             max_model_len=int(env.get("RSTAR_MAX_MODEL_LEN", "4096")),
             cpu_kvcache_gib=int(env.get("RSTAR_CPU_KVCACHE_GIB", "4")),
+            enforce_eager=env.get("RSTAR_ENFORCE_EAGER", "1") not in ("0", "false", "no"),
         )
 
 
@@ -67,7 +70,8 @@ async def embedded_runtime(config: SearchConfig, settings: EmbeddedSettings | No
     model_dir = settings.model if settings.model else str(prepare_model(cache_dir=settings.model_cache or None))
     executor = SandboxExecutor()
     policy = VLLMPolicy(EngineSettings(model=model_dir, seed=config.seed, max_model_len=settings.max_model_len,
-                                       cpu_kvcache_gib=settings.cpu_kvcache_gib))
+                                       cpu_kvcache_gib=settings.cpu_kvcache_gib,
+                                       enforce_eager=settings.enforce_eager))
     reward = None
     try:
         if config.needs_reward_model:
