@@ -47,7 +47,9 @@ def stack(model_dir, tmp_path_factory):
         with_reward=False,
         base_port=51000 + (os.getpid() % 50) * 20,
         env={"RSTAR_MODEL": model_dir, "RSTAR_QUEUE_PREFIX": f"it-{tag}-", "VLLM_CPU_KVCACHE_SPACE": "2",
-             "RSTAR_EXECUTOR_DEADLINE_S": "60", "VLLM_LOGGING_LEVEL": "WARNING"},
+             "RSTAR_EXECUTOR_DEADLINE_S": "60", "VLLM_LOGGING_LEVEL": "WARNING",
+             # No reward service runs: a task that needs one fails fast and for good.
+             "RSTAR_REWARD_DEADLINE_S": "3", "RSTAR_TASK_MAX_RETRIES": "1"},
     )
     start_stack(spec)
     try:
@@ -169,3 +171,16 @@ def test_batch_completes_when_executors_stop_for_a_while(stack, tmp_path):
         spawn_service(stack, "executor", replica)
     progress = _wait_done(stack, "outage", 3)
     assert progress.states["done"] == 3, progress
+
+
+def test_task_that_keeps_failing_ends_failed_with_its_reason(stack, tmp_path):
+    # use_ppm_init needs the reward service, which this stack does not run.
+    _cli(stack, "enqueue", _problem_file(tmp_path, PROBLEMS[:1]), "--run", "broken", "--config", "demo",
+         *SMALL, "--set", "use_ppm_init=true")
+    progress = _wait_done(stack, "broken", 1, timeout_s=180)
+    assert progress.states["failed"] == 1 and progress.results == 0
+    reason = _count(stack, "SELECT t.last_error FROM search_tasks t JOIN runs ON runs.id = t.run_id "
+                           "WHERE runs.name = 'broken'")
+    assert "unavailable" in reason.lower()
+    status = _cli(stack, "status", "broken")
+    assert "failed 1" in status.stdout
