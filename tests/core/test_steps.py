@@ -86,3 +86,8 @@ def test_render_output_caps_long_output():
 def test_unknown_format_names_it():
     with pytest.raises(ValueError, match="unknown prompt_format 'nope'"):
         get_format("nope")
+
+
+def test_output_inside_a_string_is_kept():
+    step = BASE.parse('# show\nprint("Output:", 3)\nOutput: 3', None, "stop")
+    assert step.kind is StepKind.CODE and step.code == '# show\nprint("Output:", 3)'

@@ -111,7 +111,7 @@ def _count(spec, sql, **params):
 
 def test_enqueue_three_problems_all_complete(stack, tmp_path):
     out = _cli(stack, "enqueue", _problem_file(tmp_path, PROBLEMS), "--run", "three", "--config", "demo", *SMALL)
-    assert "3 new tasks enqueued" in out.stdout
+    assert "3 new tasks, 3 published" in out.stdout
     progress = _wait_done(stack, "three", 3)
     assert progress.states["done"] == 3 and progress.results == 3 and progress.tokens > 0
     status = _cli(stack, "status", "three")
@@ -122,7 +122,7 @@ def test_enqueue_three_problems_all_complete(stack, tmp_path):
     assert sorted(r["problem_id"] for r in rows) == ["ben", "eggs", "sara"]
     # Enqueueing the same file again creates no new work.
     again = _cli(stack, "enqueue", _problem_file(tmp_path, PROBLEMS), "--run", "three", "--config", "demo", *SMALL)
-    assert "0 new tasks enqueued" in again.stdout
+    assert "0 new tasks, 0 published" in again.stdout
 
 
 def test_both_executor_replicas_serve(stack):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -83,9 +84,9 @@ def ensure_database(url: str) -> None:
 
 
 def _spawn(name: str, argv: list[str], env: dict[str, str], run_dir: Path) -> subprocess.Popen:
-    log = (run_dir / f"{name}.log").open("ab")
     # Own process group: `down` signals the service and everything it started (engine core).
-    return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with (run_dir / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def spawn_service(spec: StackSpec, service: str, replica: int = 0) -> subprocess.Popen:
@@ -126,10 +127,16 @@ def _record_pid(run_dir: Path, name: str, pid: int) -> None:
 
 def start_stack(spec: StackSpec) -> dict[str, int]:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = spec.run_dir / STATE_FILE
+    if state_path.exists():
+        alive = [n for n, pid in json.loads(state_path.read_text())["pids"].items() if _alive(pid)]
+        if alive:
+            raise RuntimeError(f"a stack from {spec.run_dir} is still running ({', '.join(sorted(alive))}): "
+                               "stop it first (rstar down)")
     ensure_database(spec.database_url)
     state = {"pids": {}, "env": stack_env(spec), "ports": _ports(spec)}
     (spec.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
-    (spec.run_dir / "env").write_text("".join(f"export {k}={v}\n" for k, v in stack_env(spec).items()))
+    (spec.run_dir / "env").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in stack_env(spec).items()))
     services = ["executor", "policy"] + (["reward"] if spec.with_reward else [])
     for service in services:
         for replica in range(len(_ports(spec)[service])):

@@ -146,10 +146,10 @@ async def _solve(problems: list[Problem], config: SearchConfig, out_path: Path |
                 if verbose_tree:
                     bar.write(tree_summary(result.tree))
             bar.close()
+            wall = time.perf_counter() - start  # before the engine's shutdown
     finally:
         if out_fh:
             out_fh.close()
-    wall = time.perf_counter() - start
     summary = {
         "problems": len(todo),
         "failed": failed,
@@ -227,13 +227,22 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     with _open_store() as store:
         store.get_or_create_run(args.run, config_name=args.config, config=config.to_dict())
         batch = store.add_batch(args.run, args.round, config.seed, problems, config.to_dict(), source=str(args.file))
+        # Publish every task of the file that is still queued, not only the new ones: a
+        # publish interrupted earlier is completed by running the same command again.
+        # Duplicate messages are harmless (claiming and result writes are idempotent).
+        queued = [t for t in dict.fromkeys(batch.task_ids) if store.task_spec(t).state == "queued"]
     queue = EVAL_QUEUE if args.eval else SEARCH_QUEUE
     priority = args.priority if args.priority is not None else (7 if args.eval else 4)
-    for task_id in batch.new_task_ids:
-        app.send_task(SEARCH_TASK, args=[task_id], queue=queue, priority=priority)
+    from kombu.exceptions import OperationalError
+
+    try:
+        for task_id in queued:
+            app.send_task(SEARCH_TASK, args=[task_id], queue=queue, priority=priority)
+    except OperationalError as exc:
+        raise UsageError(f"cannot reach the broker ({exc}); the batch is recorded: "
+                         "run the same command again to publish its tasks") from None
     print(f"run {args.run} round {args.round}: {len(problems)} problems, "
-          f"{len(batch.new_task_ids)} new tasks enqueued on '{queue}' "
-          f"({len(set(batch.task_ids)) - len(batch.new_task_ids)} already known)")
+          f"{len(batch.new_task_ids)} new tasks, {len(queued)} published to '{queue}'")
     return 0
 
 
@@ -241,10 +250,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 def _open_store():
     """The distributed store; unknown runs and bad input become one-line usage errors."""
     from rstar_store import Store
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from .launcher import DEFAULT_DB
-
-    from sqlalchemy.exc import OperationalError, ProgrammingError
 
     url = os.environ.get("RSTAR_DATABASE_URL", DEFAULT_DB)
     store = Store.from_url(url)
@@ -288,10 +296,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     count = 0
-    with _open_store() as store, Path(args.out).open("w", encoding="utf-8") as out:
-        for row in store.iter_results(args.run, round=args.round, with_tree=args.trees):
-            out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-            count += 1
+    out_path = Path(args.out)
+    partial = out_path.with_name(out_path.name + ".partial")
+    # Written aside and renamed at the end: a bad run name never truncates an older file.
+    with _open_store() as store, partial.open("w", encoding="utf-8") as out:
+        try:
+            for row in store.iter_results(args.run, round=args.round, with_tree=args.trees):
+                out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                count += 1
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    partial.replace(out_path)
     print(f"wrote {count} results to {args.out}")
     return 0
 
@@ -315,7 +331,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         executors=args.executors,
         with_reward=not args.no_reward,
     )
-    pids = start_stack(spec)
+    try:
+        pids = start_stack(spec)
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
     print(f"started {len(pids)} processes, logs in {spec.run_dir}/; waiting for gRPC health ...", flush=True)
     try:
         wait_healthy(spec, timeout_s=args.timeout)

@@ -103,8 +103,10 @@ class StepFormat:
         ended = finish_reason == "stop" and stop_string in (None, self.end_of_turn)
         body = text.replace(self.end_of_turn, "").rstrip()
         # Models sometimes echo the output marker themselves; never trust their output.
-        if f"\n{OUTPUT_PREFIX.strip()}" in "\n" + body:
-            body = body.split(OUTPUT_PREFIX.strip())[0].rstrip()
+        marker = "\n" + OUTPUT_PREFIX.strip()
+        if marker in "\n" + body:
+            # Cut at the line that starts with the marker, not at "Output:" inside a string.
+            body = ("\n" + body).split(marker, 1)[0][1:].rstrip()
         if not body.strip():
             return ParsedStep(StepKind.INVALID, body, reason="empty")
         answer = extract_answer(body)

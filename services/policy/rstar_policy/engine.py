@@ -14,7 +14,6 @@ Not here: model preparation (`model_store`), gRPC (`service`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -141,9 +140,6 @@ class VLLMPolicy:
                 if c.finish_reason is not None:
                     yield _finished(c, "".join(texts.pop(c.index)), token_ids.pop(c.index),
                                     logprobs.pop(c.index, None), request.logprobs)
-
-    async def generate_batch(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
-        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
     def shutdown(self) -> None:
         if self._engine is not None:

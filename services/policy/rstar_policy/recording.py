@@ -19,8 +19,8 @@ __all__ = ["RecordingPolicy", "read_request_log"]
 class RecordingPolicy:
     def __init__(self, inner: Any, log_path: str | Path | None = None) -> None:
         self.inner = inner
-        self.log_path = Path(log_path) if log_path else None
-        # (prompt, temperature, sample token counts) per request, in finishing order.
+        self._log = Path(log_path).open("a", encoding="utf-8") if log_path else None
+        # Without a log file: (prompt, temperature, sample token counts) per request.
         self.entries: list[tuple[str, float, list[int]]] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -46,11 +46,18 @@ class RecordingPolicy:
             self._record(request, lengths)
 
     def _record(self, request: GenerationRequest, lengths: list[int]) -> None:
-        entry = (request.prompt, request.temperature, lengths)
-        self.entries.append(entry)
-        if self.log_path is not None:
-            with self.log_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"prompt": entry[0], "temperature": entry[1], "lengths": entry[2]}) + "\n")
+        if self._log is None:
+            # In memory only when there is no file: a long-running service must not grow.
+            self.entries.append((request.prompt, request.temperature, lengths))
+            return
+        line = json.dumps({"prompt": request.prompt, "temperature": request.temperature, "lengths": lengths})
+        self._log.write(line + "\n")
+        self._log.flush()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 def read_request_log(path: str | Path) -> list[tuple[str, float, list[int]]]:

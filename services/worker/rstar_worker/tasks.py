@@ -102,6 +102,7 @@ def search(self: Task, task_id: int) -> str:
         mcts = MCTS(state.policy, state.executor, config, reward=reward)
         future = asyncio.run_coroutine_threadsafe(_run(mcts, spec.problem, [state.policy, reward]), state.loop)
         result = future.result()
+        written = db.record_result(task_id, result)
     except ServiceUnavailable as exc:
         final = self.request.retries >= self.max_retries
         db.mark_failed(task_id, f"service unavailable: {exc}", final=final)
@@ -114,7 +115,6 @@ def search(self: Task, task_id: int) -> str:
         log.exception("task %s failed", task_id)
         db.mark_failed(task_id, f"{type(exc).__name__}: {exc}", final=True)
         return "failed"
-    written = db.record_result(task_id, result)
     return "done" if written else "duplicate"
 
 

@@ -179,8 +179,7 @@ class MCTS:
             for fut in asyncio.as_completed(tasks):
                 yield await fut
         finally:
-            for task in tasks:
-                task.cancel()
+            await _cancel_all(tasks)
 
     async def run_rollouts(self, tree: Tree, count: int, *, seed_offset: int = 0) -> None:
         pending = _Pending()
@@ -193,13 +192,14 @@ class MCTS:
                 await self._rollout(tree, pending, seed_offset + index)
                 tree.stats.rollouts += 1
 
+        lanes = [asyncio.ensure_future(lane()) for _ in range(min(self.config.parallel_rollouts, count))]
         try:
-            await asyncio.gather(*(lane() for _ in range(min(self.config.parallel_rollouts, count))))
+            await asyncio.gather(*lanes)
             # Expansions that rollouts moved past are still attaching their late candidates.
             await asyncio.gather(*(e.task for e in pending.expansions.values()))
         finally:
-            for expansion in pending.expansions.values():
-                expansion.task.cancel()
+            # On failure or cancellation, stop everything this batch started before returning.
+            await _cancel_all([*lanes, *(e.task for e in pending.expansions.values())])
 
     # ------------------------------------------------------------------ one rollout
 
@@ -285,13 +285,18 @@ class MCTS:
             seed = _derive_seed(cfg.seed, rollout_seed, node.id, node.failed_expansions)
             jobs = []
             tree.stats.policy_calls += 1
-            async for completion in self.policy.generate_stream(self._request(prompt, seed)):
-                tree.stats.candidates += 1
-                tree.stats.generated_tokens += completion.num_tokens
-                step = self._screen(tree, completion, context)
-                if step is not None:
-                    jobs.append(asyncio.ensure_future(self._add_child(tree, node, completion, step, context, expansion)))
-            if any(await asyncio.gather(*jobs)):
+            try:
+                async for completion in self.policy.generate_stream(self._request(prompt, seed)):
+                    tree.stats.candidates += 1
+                    tree.stats.generated_tokens += completion.num_tokens
+                    step = self._screen(tree, completion, context)
+                    if step is not None:
+                        jobs.append(asyncio.ensure_future(
+                            self._add_child(tree, node, completion, step, context, expansion)))
+                added = await asyncio.gather(*jobs)
+            finally:
+                await _cancel_all(jobs)
+            if any(added):
                 break
             node.failed_expansions += 1
         node.expanded = True
@@ -402,6 +407,15 @@ class MCTS:
         if self.reward is not None:
             versions["reward"] = self.reward.model_version
         return versions
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Future]) -> None:
+    """Cancel what is still running and wait for it, so no task outlives its owner."""
+    pending = [t for t in tasks if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def pick_answer(tree: Tree, *, by_ppm: bool) -> str | None:
