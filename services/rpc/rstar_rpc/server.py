@@ -260,25 +260,34 @@ def rpc(method: Callable) -> Callable:
 @contextlib.asynccontextmanager
 async def _handling(service: RpcService, method_name: str, context: grpc.aio.ServicerContext):
     start = time.perf_counter()
-    code = grpc.StatusCode.OK
+    recorded = False
+
+    def record(code: grpc.StatusCode) -> None:
+        # Counted before the status goes out (abort awaits), so a client that saw the
+        # status always finds it in the metrics.
+        nonlocal recorded
+        if not recorded:
+            recorded = True
+            service.metrics.handled.labels(service.name, method_name, code.name).inc()
+            service.metrics.handling_seconds.labels(service.name, method_name).observe(time.perf_counter() - start)
+
     try:
         yield
     except ServiceError as exc:
-        code = exc.code
+        record(exc.code)
         await context.abort(exc.code, exc.message)
     except asyncio.CancelledError:
         # The client went away or its deadline passed; nobody reads a status now.
         remaining = context.time_remaining()
-        code = (grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0
-                else grpc.StatusCode.CANCELLED)
+        record(grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0
+               else grpc.StatusCode.CANCELLED)
         raise
     except Exception:
-        code = grpc.StatusCode.INTERNAL
         log.exception("%s/%s failed", service.name, method_name)
+        record(grpc.StatusCode.INTERNAL)
         await context.abort(grpc.StatusCode.INTERNAL, f"{method_name} failed on the server")
     finally:
-        service.metrics.handled.labels(service.name, method_name, code.name).inc()
-        service.metrics.handling_seconds.labels(service.name, method_name).observe(time.perf_counter() - start)
+        record(grpc.StatusCode.OK)
 
 
 async def create_server(service: RpcService, settings: ServerSettings) -> tuple[grpc.aio.Server, int]:
