@@ -11,7 +11,6 @@ and its section of docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from search_bench import PeakMemory, replace_section, run_engine
+from search_bench import PeakMemory, bench_work, replace_section, run_engine
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = "make bench-pipeline"
@@ -52,13 +51,7 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default=str(REPO / "deploy" / "configs" / "bench.yaml"))
-    parser.add_argument("--problems", type=int, default=20)
-    parser.add_argument("--out-json", default=str(REPO / "docs" / "benchmarks.json"))
-    parser.add_argument("--out-md", default=str(REPO / "docs" / "benchmarks.md"))
-    args = parser.parse_args()
-
+    args, problems, config, model_dir = bench_work()
     tag = uuid.uuid4().hex[:8]
     # Isolate this run's queues before anything imports the Celery app.
     os.environ["RSTAR_QUEUE_PREFIX"] = f"bench-{tag}-"
@@ -66,17 +59,10 @@ def main() -> None:
     import psycopg
 
     from rstar_cli.launcher import StackSpec, start_stack, stop_stack, wait_healthy
-    from rstar_cli.problems import load_problems
-    from rstar_core.config import load_config
-    from rstar_policy.model_store import prepare_model
     from rstar_policy.recording import read_request_log
     from rstar_store import Store
     from rstar_worker.app import SEARCH_QUEUE, SEARCH_TASK, app
 
-    data_dir = Path(os.environ.get("RSTAR_DATA_DIR", REPO.parent / "shared" / "data"))
-    problems = load_problems(data_dir / "eval" / "GSM8K_test.json", limit=args.problems)
-    config = load_config(args.config)
-    model_dir = str(prepare_model())
     work = Path(tempfile.mkdtemp(prefix="rstar-bench-"))
     request_log = work / "requests.jsonl"
     db_name = f"rstar_bench_{tag}"

@@ -127,7 +127,8 @@ def run_engine(model_dir: str, log, seed: int) -> dict:
             "peak_rss_mb": mem.peak / 2**20}
 
 
-def main() -> None:
+def bench_work():
+    """Arguments and the fixed work shared by both benchmarks: (args, problems, config, model dir)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(REPO / "deploy" / "configs" / "bench.yaml"))
     parser.add_argument("--problems", type=int, default=20)
@@ -140,8 +141,11 @@ def main() -> None:
 
     data_dir = Path(os.environ.get("RSTAR_DATA_DIR", REPO.parent / "shared" / "data"))
     problems = load_problems(data_dir / "eval" / "GSM8K_test.json", limit=args.problems)
-    config = load_config(args.config)
-    model_dir = str(prepare_model())
+    return args, problems, load_config(args.config), str(prepare_model())
+
+
+def main() -> None:
+    args, problems, config, model_dir = bench_work()
 
     search = asyncio.run(run_search(problems, config))
     search_tokens = sum(sum(lengths) for _, _, lengths in search["log"])
