@@ -4,8 +4,10 @@ Starts the local stack (policy and executor gRPC services, one Celery worker pro
 running all 20 searches at once) against this machine's RabbitMQ and PostgreSQL, with
 the policy service logging every request. Enqueues the first 20 GSM8K test problems with
 deploy/configs/bench.yaml, waits until all are done, then replays the logged prompts and
-token counts as one offline engine batch. Compares with the in-process figure of the
-latest `make bench-search` in docs/benchmarks.json. Writes the "pipeline" record there
+token counts as one offline engine batch. Repeats all of it `--repeat` times (3) with a
+fresh stack and database each time and reports the run with the median ratio, beside
+every run's figures. Compares with the in-process figure of the latest
+`make bench-search` in docs/benchmarks.json. Writes the "pipeline" record there
 and its section of docs/benchmarks.md.
 """
 
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from search_bench import PeakMemory, bench_work, replace_section, run_engine
+from search_bench import (PeakMemory, bench_work, engine_is_eager, median_run, occupancy, replace_section,
+                          run_engine, run_summaries, runs_line)
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = "make bench-pipeline"
@@ -50,22 +53,18 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    args, problems, config, model_dir = bench_work()
-    tag = uuid.uuid4().hex[:8]
-    # Isolate this run's queues before anything imports the Celery app.
-    os.environ["RSTAR_QUEUE_PREFIX"] = f"bench-{tag}-"
-
+def measure_once(problems, config, model_dir: str, run_tag: str) -> dict:
+    """One pass of the fixed work through a freshly started stack, then its replay."""
     import psycopg
 
     from rstar_cli.launcher import StackSpec, start_stack, stop_stack, wait_healthy
-    from rstar_policy.recording import read_request_log
+    from rstar_policy.recording import read_request_log, read_request_timings
     from rstar_store import Store
     from rstar_worker.app import SEARCH_QUEUE, SEARCH_TASK, app
 
     work = Path(tempfile.mkdtemp(prefix="rstar-bench-"))
     request_log = work / "requests.jsonl"
-    db_name = f"rstar_bench_{tag}"
+    db_name = f"rstar_bench_{run_tag}"
     spec = StackSpec(
         run_dir=work / "stack",
         database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{db_name}",
@@ -81,13 +80,12 @@ def main() -> None:
     try:
         wait_healthy(spec, timeout_s=600)
         pid_map = json.loads((spec.run_dir / "stack.json").read_text())["pids"]
-        pids = pid_map.values()
         store = Store.from_url(spec.database_url)
         store.get_or_create_run("bench", config_name="bench", config=config.to_dict())
         batch = store.add_batch("bench", 1, config.seed, problems, config.to_dict(), source="GSM8K_test.json")
         cpu_before = _cpu_seconds(pid_map)
-        with PeakMemory(pids=list(pids)) as mem:
-            start = time.perf_counter()
+        with PeakMemory(pids=list(pid_map.values())) as mem:
+            start, t0 = time.perf_counter(), time.time()
             for task_id in batch.new_task_ids:
                 app.send_task(SEARCH_TASK, args=[task_id], queue=SEARCH_QUEUE)
             while True:
@@ -95,7 +93,7 @@ def main() -> None:
                 if progress.states["done"] + progress.states["failed"] >= len(problems):
                     break
                 time.sleep(0.25)
-            wall = time.perf_counter() - start
+            wall, t1 = time.perf_counter() - start, time.time()
         cpu_after = _cpu_seconds(pid_map)
         store.close()
     finally:
@@ -107,18 +105,11 @@ def main() -> None:
     tokens = sum(sum(lengths) for _, _, lengths in log)
     engine = run_engine(model_dir, log, config.seed)
     pipeline_tps = tokens / wall
-    out_json = Path(args.out_json)
-    records = json.loads(out_json.read_text()) if out_json.exists() else {}
-    inprocess = records.get("search", {}).get("results", {})
-    results = {
+    return {
         "pipeline_vs_engine_ratio": round(pipeline_tps / engine["tokens_per_s"], 3),
-        "pipeline_vs_inprocess_ratio": (round(pipeline_tps / inprocess["search_tokens_per_s"], 3)
-                                        if inprocess else None),
         "pipeline_tokens_per_s": round(pipeline_tps, 1),
         "engine_tokens_per_s": round(engine["tokens_per_s"], 1),
-        "inprocess_tokens_per_s": inprocess.get("search_tokens_per_s"),
         "problems_per_min": round(len(problems) / wall * 60, 2),
-        "inprocess_problems_per_min": inprocess.get("problems_per_min"),
         "pipeline_wall_s": round(wall, 1),
         "generated_tokens": tokens,
         "policy_requests": len(log),
@@ -128,16 +119,44 @@ def main() -> None:
         # CPU seconds each part used during the run (the policy entry includes its engine).
         "cpu_s": {k: round(cpu_after.get(k, 0.0) - v, 1) for k, v in sorted(cpu_before.items())},
         "cpu_capacity_s": round(wall * (os.cpu_count() or 1), 1),
+        "sequences_in_flight": occupancy(read_request_timings(request_log), t0, t1),
+    }
+
+
+def main() -> None:
+    args, problems, config, model_dir = bench_work()
+    tag = uuid.uuid4().hex[:8]
+    # Isolate this benchmark's queues before anything imports the Celery app.
+    os.environ["RSTAR_QUEUE_PREFIX"] = f"bench-{tag}-"
+
+    runs = []
+    for k in range(args.repeat):
+        runs.append(measure_once(problems, config, model_dir, f"{tag}_{k}"))
+        print(f"run {k + 1}/{args.repeat}: ratio {runs[-1]['pipeline_vs_engine_ratio']}", flush=True)
+    median = median_run(runs, "pipeline_vs_engine_ratio")
+    out_json = Path(args.out_json)
+    records = json.loads(out_json.read_text()) if out_json.exists() else {}
+    inprocess = records.get("search", {}).get("results", {})
+    results = {
+        "pipeline_vs_engine_ratio": median["pipeline_vs_engine_ratio"],
+        "pipeline_vs_inprocess_ratio": (round(median["pipeline_tokens_per_s"] / inprocess["search_tokens_per_s"], 3)
+                                        if inprocess else None),
+        "inprocess_tokens_per_s": inprocess.get("search_tokens_per_s"),
+        "inprocess_problems_per_min": inprocess.get("problems_per_min"),
+        **median,
+        "runs": run_summaries(runs, "pipeline_vs_engine_ratio", "pipeline_tokens_per_s"),
     }
     records["pipeline"] = {
         "command": COMMAND,
         "config_file": str(Path(args.config).relative_to(REPO)),
         "config": config.to_dict(),
         "problems": f"GSM8K_test.json first {len(problems)}",
-        "stack": "policy + executor gRPC services, 1 Celery worker process (threads, concurrency 20), "
-                 "RabbitMQ, PostgreSQL, all on this machine",
+        "stack": f"policy + executor gRPC services, 1 Celery worker process (threads, concurrency {len(problems)}), "
+                 "RabbitMQ, PostgreSQL, all on this machine; a fresh stack for every run",
         "machine": f"{os.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, no GPU",
         "date": time.strftime("%Y-%m-%d"),
+        "repeat": args.repeat,
+        "engine": "eager" if engine_is_eager() else "compiled",
         "results": results,
     }
     out_json.write_text(json.dumps(records, indent=2) + "\n")
@@ -150,20 +169,24 @@ def write_markdown(path: Path, record: dict) -> None:
     section = f"""<!-- pipeline-bench:start -->
 ## Pipeline benchmark (`{record['command']}`)
 
-{record['date']}, {record['machine']}; {record['stack']}. Same work as the search benchmark
+{record['date']}, {record['machine']}, {record['engine']} engine; {record['stack']}. Same work as the search benchmark
 (config `{record['config_file']}`, {record['problems']}).
+
+Every figure but the "every run" row comes from the run with the median ratio.
 
 | metric | value |
 |---|---|
 | pipeline tokens/s (enqueue to last result in PostgreSQL) | **{r['pipeline_tokens_per_s']}** |
 | raw engine tokens/s (same prompts and token counts, one offline batch) | {r['engine_tokens_per_s']} |
-| pipeline ÷ engine | **{r['pipeline_vs_engine_ratio']}** (goal ≥ 0.85) |
+| pipeline ÷ engine, median of {record['repeat']} runs | **{r['pipeline_vs_engine_ratio']}** (goal ≥ 0.85) |
+| every run: ratio (pipeline vs engine tokens/s) | {runs_line(r['runs'], 'pipeline_vs_engine_ratio', 'pipeline_tokens_per_s')} |
 | in-process search tokens/s (latest `make bench-search`) | {r['inprocess_tokens_per_s']} |
 | pipeline ÷ in-process | **{r['pipeline_vs_inprocess_ratio']}** |
 | problems/minute, pipeline / in-process | {r['problems_per_min']} / {r['inprocess_problems_per_min']} |
 | generated tokens / policy requests | {r['generated_tokens']} / {r['policy_requests']} |
 | tasks done / failed | {r['done']} / {r['failed']} |
 | peak RSS of the stack's processes | {r['stack_peak_rss_mb']} MB |
+| sequences in flight in the engine: mean, and by tenth of the run | {r['sequences_in_flight']['mean']}; {' '.join(str(x) for x in r['sequences_in_flight']['by_tenth'])} |
 | CPU seconds used during the run, by process (of {r['cpu_capacity_s']} available) | {', '.join(f"{k} {v}" for k, v in r['cpu_s'].items())} |
 <!-- pipeline-bench:end -->
 """

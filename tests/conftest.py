@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RSTAR_MODEL_CACHE", str(REPO / ".cache" / "models"))
 os.environ.setdefault("RSTAR_DATA_DIR", str(REPO.parent / "shared" / "data"))
+# Services the tests start skip model compilation (their default): quick start-up.
+os.environ.setdefault("RSTAR_ENFORCE_EAGER", "1")
 
 
 @pytest.fixture(scope="session")

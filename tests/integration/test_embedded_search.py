@@ -39,7 +39,8 @@ def loop():
 @pytest.fixture(scope="module")
 def policy(model_dir, loop):
     async def start():
-        return VLLMPolicy(EngineSettings(model=model_dir, seed=0, max_model_len=2048, cpu_kvcache_gib=2))
+        return VLLMPolicy(EngineSettings(model=model_dir, seed=0, max_model_len=2048, cpu_kvcache_gib=2,
+                                         enforce_eager=True))
 
     engine = loop.run_until_complete(start())
     yield engine

@@ -34,11 +34,14 @@ class EmbeddedSettings:
     model_cache: str = ""
     max_model_len: int = 4096
     cpu_kvcache_gib: int = 4
-    # False compiles the model (torch.compile / CUDA graphs): slower start, faster steps.
+    # Embedded runs are often one-off questions: skip compilation unless asked
+    # (RSTAR_ENFORCE_EAGER=0 compiles: about a minute more start-up, faster steps).
     enforce_eager: bool = True
 
     @classmethod
     def from_env(cls) -> "EmbeddedSettings":
+        from rstar_policy.engine import enforce_eager_from_env
+
         env = os.environ
         return cls(
             model=env.get("RSTAR_MODEL", ""),
@@ -46,7 +49,7 @@ class EmbeddedSettings:
             model_cache=env.get("RSTAR_MODEL_CACHE", ""),
             max_model_len=int(env.get("RSTAR_MAX_MODEL_LEN", "4096")),
             cpu_kvcache_gib=int(env.get("RSTAR_CPU_KVCACHE_GIB", "4")),
-            enforce_eager=env.get("RSTAR_ENFORCE_EAGER", "1") not in ("0", "false", "no"),
+            enforce_eager=enforce_eager_from_env(env, default=True),
         )
 
 

@@ -198,8 +198,25 @@ def stop_stack(run_dir: Path, grace_s: float = 30.0) -> list[str]:
         time.sleep(0.2)
     for pid in pids.values():
         _signal_group(pid, signal.SIGKILL)
+    # Wait until every process of every group is gone (engine children hold GBs of memory).
+    deadline = time.monotonic() + 10.0
+    while any(_group_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
     path.unlink()
     return sorted(pids)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Some process of the group is still running (zombies waiting to be reaped do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # Fields after the ")" that closes the command name: state, ppid, pgrp, ...
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 def _signal_group(pid: int, sig: int) -> None:

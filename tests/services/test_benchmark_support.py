@@ -1,0 +1,113 @@
+"""The pieces the benchmarks stand on: the request log with timings, the engine-mode
+setting, the launcher's wait for a stopped stack, and the benchmark's own arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fakes import ScriptedPolicy
+from rstar_cli.launcher import _group_alive
+from rstar_core.ports import GenerationRequest
+from rstar_policy.engine import enforce_eager_from_env
+from rstar_policy.recording import RecordingPolicy, read_request_log, read_request_timings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from search_bench import median_run, occupancy  # noqa: E402
+
+
+def _three_samples(prompt: str, call: int):
+    return [("# a\nx = 1", "\n#"), ("# b\ny = 2", "\n#"), ("# c\nz = 3", "\n#")]
+
+
+def test_request_log_records_prompt_lengths_and_timings(tmp_path):
+    log = tmp_path / "requests.jsonl"
+    policy = RecordingPolicy(ScriptedPolicy(_three_samples, sample_delay_s=0.02), log)
+
+    async def run():
+        request = GenerationRequest(prompt="P", n=3, temperature=0.7)
+        async for _ in policy.generate_stream(request):
+            pass
+        await policy.generate(GenerationRequest(prompt="Q", n=2, temperature=0.0))
+
+    before = time.time()
+    asyncio.run(run())
+    policy.close()
+
+    lengths = [max(1, len(t) // 4) for t, _ in _three_samples("", 0)]
+    assert read_request_log(log) == [("P", 0.7, lengths), ("Q", 0.0, lengths[:2])]
+    (start_p, done_p), (start_q, done_q) = read_request_timings(log)
+    assert before - 0.01 <= start_p <= done_p[0] <= done_p[1] <= done_p[2] <= start_q
+    # Streamed samples finish one after another; a plain call finishes all at once.
+    assert done_p[2] - done_p[0] >= 0.03
+    assert len(done_q) == 2 and done_q[0] == done_q[1]
+
+
+def test_request_log_in_memory_keeps_timings_beside_entries():
+    policy = RecordingPolicy(ScriptedPolicy(_three_samples))
+    asyncio.run(policy.generate(GenerationRequest(prompt="P", n=2, temperature=0.5)))
+    assert policy.entries == [("P", 0.5, [2, 2])]
+    [(start, finished)] = policy.timings
+    assert len(finished) == 2 and all(t >= start for t in finished)
+
+
+@pytest.mark.parametrize("value, default, expected", [
+    ("", False, False), ("", True, True), ("1", False, True), ("yes", False, True),
+    ("TRUE", False, True), ("0", True, False), ("no", True, False), (" false ", True, False),
+])
+def test_enforce_eager_from_env(value, default, expected):
+    env = {"RSTAR_ENFORCE_EAGER": value} if value else {}
+    assert enforce_eager_from_env(env, default=default) is expected
+
+
+def test_enforce_eager_rejects_other_values():
+    with pytest.raises(ValueError, match="RSTAR_ENFORCE_EAGER.*'maybe'"):
+        enforce_eager_from_env({"RSTAR_ENFORCE_EAGER": "maybe"}, default=True)
+
+
+def test_group_alive_follows_every_process_of_a_group():
+    # A leader that starts a child in its own group, then exits: the group lives on in the child.
+    leader = subprocess.Popen([sys.executable, "-c", "import subprocess; subprocess.Popen(['sleep', '30'])"],
+                              start_new_session=True)
+    leader.wait()
+    try:
+        assert _group_alive(leader.pid), "the child still runs in the leader's group"
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _group_alive(leader.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_alive(leader.pid)
+
+
+def test_occupancy_is_the_time_weighted_number_of_samples_in_flight():
+    # Two samples over [0, 10]: one runs 0-10, one 0-5 -> 2 in flight for half the time, 1 after.
+    result = occupancy([(0.0, [10.0, 5.0])], 0.0, 10.0, slices=2)
+    assert result == {"mean": 1.5, "by_tenth": [2.0, 1.0]}
+    # Samples outside the window are clipped to it.
+    assert occupancy([(-5.0, [20.0])], 0.0, 10.0, slices=5)["by_tenth"] == [1.0] * 5
+
+
+def test_median_run_picks_the_middle_run():
+    runs = [{"r": 0.9, "k": "a"}, {"r": 0.7, "k": "b"}, {"r": 0.8, "k": "c"}]
+    assert median_run(runs, "r")["k"] == "c"
+    assert median_run(runs[:2], "r")["k"] == "b"  # even count: the lower middle
+
+
+def test_policy_service_compiles_by_default_and_embedded_mode_runs_eager(monkeypatch):
+    from rstar_cli.embedded import EmbeddedSettings
+    from rstar_policy.service import PolicyServiceSettings
+
+    assert PolicyServiceSettings.from_env({}).engine("m").enforce_eager is False
+    assert PolicyServiceSettings.from_env({"RSTAR_ENFORCE_EAGER": "1"}).enforce_eager is True
+    monkeypatch.delenv("RSTAR_ENFORCE_EAGER", raising=False)
+    assert EmbeddedSettings.from_env().enforce_eager is True
+    monkeypatch.setenv("RSTAR_ENFORCE_EAGER", "0")
+    assert EmbeddedSettings.from_env().enforce_eager is False
