@@ -21,7 +21,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export RSTAR_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/rstar
 export RSTAR_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: install model protos deploy-tools demo test test-fast up down bench bench-search bench-pipeline clean
+.PHONY: install model protos deploy-tools demo test test-fast up down bench bench-engine bench-search bench-pipeline clean
 
 install: $(STAMP)
 
@@ -65,7 +65,10 @@ deploy-tools:
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-bench: bench-search bench-pipeline
+bench: bench-engine bench-search bench-pipeline
+
+bench-engine: model
+	$(PY) bench/engine_curve.py --out-md docs/benchmarks.md --out-json docs/benchmarks.json
 
 bench-search: model
 	$(PY) bench/search_bench.py --out-md docs/benchmarks.md --out-json docs/benchmarks.json

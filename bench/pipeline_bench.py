@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from search_bench import (PeakMemory, bench_work, engine_is_eager, median_run, occupancy, replace_section,
-                          run_engine, run_summaries, runs_line)
+from search_bench import (PeakMemory, bench_work, engine_is_eager, machine_line, median_run, occupancy,
+                          replace_section, run_engine, run_summaries, runs_line)
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = "make bench-pipeline"
@@ -153,7 +153,7 @@ def main() -> None:
         "problems": f"GSM8K_test.json first {len(problems)}",
         "stack": f"policy + executor gRPC services, 1 Celery worker process (threads, concurrency {len(problems)}), "
                  "RabbitMQ, PostgreSQL, all on this machine; a fresh stack for every run",
-        "machine": f"{os.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, no GPU",
+        "machine": machine_line(),
         "date": time.strftime("%Y-%m-%d"),
         "repeat": args.repeat,
         "engine": "eager" if engine_is_eager() else "compiled",

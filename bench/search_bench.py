@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -241,8 +242,7 @@ def main() -> None:
         "config": config.to_dict(),
         "problems": f"GSM8K_test.json first {len(problems)}",
         "model": model_dir.split("/")[-1],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"{round(psutil.virtual_memory().total / 2**30)} GiB, no GPU",
+        "machine": machine_line(),
         "date": time.strftime("%Y-%m-%d"),
         "repeat": args.repeat,
         "engine": "eager" if engine_is_eager() else "compiled",
@@ -255,6 +255,18 @@ def main() -> None:
     Path(args.out_json).write_text(json.dumps(existing, indent=2) + "\n")
     write_markdown(Path(args.out_md), record)
     print(json.dumps(results, indent=2))
+
+
+def machine_line() -> str:
+    """Architecture, CPU model, cores and memory: tokens per second differ between hosts."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, "
+            f"{round(psutil.virtual_memory().total / 2**30)} GiB, no GPU")
 
 
 def runs_line(runs: list[dict], key: str, tps_key: str) -> str:

@@ -111,3 +111,11 @@ def test_policy_service_compiles_by_default_and_embedded_mode_runs_eager(monkeyp
     assert EmbeddedSettings.from_env().enforce_eager is True
     monkeypatch.setenv("RSTAR_ENFORCE_EAGER", "0")
     assert EmbeddedSettings.from_env().enforce_eager is False
+
+
+def test_machine_line_names_cpu_cores_and_memory():
+    from search_bench import machine_line
+
+    line = machine_line()
+    assert f"{os.cpu_count()} cores" in line and "GiB" in line
+    assert len(line.split(", ")) >= 4  # architecture, CPU model, cores, memory
