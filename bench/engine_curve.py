@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from search_bench import bench_work, engine_is_eager, machine_line, replace_section
+from search_bench import bench_work, engine_is_eager, machine_line, offline_engine, replace_section
 
 COMMAND = "make bench-engine"
 BATCHES = (1, 4, 16, 64, 256)
@@ -22,15 +22,9 @@ TOKENS = 64
 
 
 def measure(model_dir: str, prompts: list[str], seed: int) -> list[dict]:
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    from rstar_policy.engine import EngineSettings
-
-    engine = EngineSettings(model=model_dir, seed=seed, enforce_eager=engine_is_eager())
-    llm = LLM(model=model_dir, dtype=engine.dtype, seed=seed, enforce_eager=engine.enforce_eager,
-              enable_prefix_caching=engine.enable_prefix_caching, max_model_len=engine.max_model_len,
-              block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
-              gpu_memory_utilization=engine.gpu_memory_utilization)
+    llm = offline_engine(model_dir, seed)
     # Fill the prefix cache, so the timed calls measure decoding.
     llm.generate(prompts, SamplingParams(max_tokens=1), use_tqdm=False)
     rows = []

@@ -131,7 +131,7 @@ def occupancy(timings, t0: float, t1: float, slices: int = 10) -> dict:
 
 def run_engine(model_dir: str, log, seed: int) -> dict:
     """The same prompts and sample lengths as one offline batch (the raw engine figure)."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
     prompts, params = [], []
     for prompt, temperature, lengths in log:
@@ -139,14 +139,7 @@ def run_engine(model_dir: str, log, seed: int) -> dict:
             if n_tokens:
                 prompts.append(prompt)
                 params.append(SamplingParams(n=1, temperature=temperature, max_tokens=n_tokens, ignore_eos=True))
-    # Same engine settings as the search's policy engine (bench_work fixes RSTAR_ENFORCE_EAGER).
-    from rstar_policy.engine import EngineSettings
-
-    engine = EngineSettings(model=model_dir, seed=seed, enforce_eager=engine_is_eager())
-    llm = LLM(model=model_dir, dtype=engine.dtype, seed=seed, enforce_eager=engine.enforce_eager,
-              enable_prefix_caching=engine.enable_prefix_caching, max_model_len=engine.max_model_len,
-              block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
-              gpu_memory_utilization=engine.gpu_memory_utilization)
+    llm = offline_engine(model_dir, seed)
     llm.generate(["Hello"], SamplingParams(max_tokens=8), use_tqdm=False)
     with PeakMemory() as mem:
         start = time.perf_counter()
@@ -157,6 +150,19 @@ def run_engine(model_dir: str, log, seed: int) -> dict:
     llm.llm_engine.engine_core.shutdown()
     return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "sequences": len(prompts),
             "peak_rss_mb": mem.peak / 2**20}
+
+
+def offline_engine(model_dir: str, seed: int):
+    """A `vllm.LLM` with the search's policy-engine settings (bench_work fixes RSTAR_ENFORCE_EAGER)."""
+    from vllm import LLM
+
+    from rstar_policy.engine import EngineSettings
+
+    engine = EngineSettings(model=model_dir, seed=seed, enforce_eager=engine_is_eager())
+    return LLM(model=model_dir, dtype=engine.dtype, seed=seed, enforce_eager=engine.enforce_eager,
+               enable_prefix_caching=engine.enable_prefix_caching, max_model_len=engine.max_model_len,
+               block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
+               gpu_memory_utilization=engine.gpu_memory_utilization)
 
 
 def engine_is_eager() -> bool:
