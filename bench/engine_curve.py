@@ -10,11 +10,10 @@ the "engine_curve" record of docs/benchmarks.json and its section of docs/benchm
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from search_bench import bench_work, engine_is_eager, machine_line, offline_engine, replace_section
+from search_bench import bench_work, engine_mode, machine_line, offline_engine, replace_section, write_record
 
 COMMAND = "make bench-engine"
 BATCHES = (1, 4, 16, 64, 256)
@@ -51,14 +50,11 @@ def main() -> None:
         "command": COMMAND,
         "machine": machine_line(),
         "date": time.strftime("%Y-%m-%d"),
-        "engine": "eager" if engine_is_eager() else "compiled",
+        "engine": engine_mode(),
         "tokens_per_sequence": TOKENS,
         "results": measure(model_dir, prompts, config.seed),
     }
-    out_json = Path(args.out_json)
-    records = json.loads(out_json.read_text()) if out_json.exists() else {}
-    records["engine_curve"] = record
-    out_json.write_text(json.dumps(records, indent=2) + "\n")
+    write_record(Path(args.out_json), "engine_curve", record)
     rows = "\n".join(f"| {r['batch']} | {r['tokens_per_s']} | {r['ms_per_step']} |" for r in record["results"])
     replace_section(Path(args.out_md), "engine-curve", f"""<!-- engine-curve:start -->
 ## Engine speed of this host (`{COMMAND}`)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from search_bench import (PeakMemory, bench_work, engine_is_eager, machine_line, median_run, occupancy,
-                          replace_section, run_engine, run_summaries, runs_line)
+from search_bench import (PeakMemory, bench_work, engine_mode, machine_line, median_run, occupancy, read_records,
+                          replace_section, run_engine, run_summaries, runs_line, write_record)
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = "make bench-pipeline"
@@ -135,8 +135,7 @@ def main() -> None:
         print(f"run {k + 1}/{args.repeat}: ratio {runs[-1]['pipeline_vs_engine_ratio']}", flush=True)
     median = median_run(runs, "pipeline_vs_engine_ratio")
     out_json = Path(args.out_json)
-    records = json.loads(out_json.read_text()) if out_json.exists() else {}
-    inprocess = records.get("search", {}).get("results", {})
+    inprocess = read_records(out_json).get("search", {}).get("results", {})
     results = {
         "pipeline_vs_engine_ratio": median["pipeline_vs_engine_ratio"],
         "pipeline_vs_inprocess_ratio": (round(median["pipeline_tokens_per_s"] / inprocess["search_tokens_per_s"], 3)
@@ -146,7 +145,7 @@ def main() -> None:
         **median,
         "runs": run_summaries(runs, "pipeline_vs_engine_ratio", "pipeline_tokens_per_s"),
     }
-    records["pipeline"] = {
+    record = {
         "command": COMMAND,
         "config_file": str(Path(args.config).relative_to(REPO)),
         "config": config.to_dict(),
@@ -156,11 +155,11 @@ def main() -> None:
         "machine": machine_line(),
         "date": time.strftime("%Y-%m-%d"),
         "repeat": args.repeat,
-        "engine": "eager" if engine_is_eager() else "compiled",
+        "engine": engine_mode(),
         "results": results,
     }
-    out_json.write_text(json.dumps(records, indent=2) + "\n")
-    write_markdown(Path(args.out_md), records["pipeline"])
+    write_record(out_json, "pipeline", record)
+    write_markdown(Path(args.out_md), record)
     print(json.dumps(results, indent=2))
 
 

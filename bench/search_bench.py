@@ -171,6 +171,23 @@ def engine_is_eager() -> bool:
     return enforce_eager_from_env(os.environ, default=False)
 
 
+def engine_mode() -> str:
+    return "eager" if engine_is_eager() else "compiled"
+
+
+def read_records(path: Path) -> dict:
+    """Every benchmark's record in docs/benchmarks.json (empty when there is none yet)."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_record(path: Path, name: str, record: dict) -> None:
+    """Replace one benchmark's record in the JSON file, keeping the others."""
+    records = read_records(path)
+    records[name] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=2) + "\n")
+
+
 def bench_work():
     """Arguments and the fixed work shared by both benchmarks: (args, problems, config, model dir)."""
     parser = argparse.ArgumentParser()
@@ -251,14 +268,11 @@ def main() -> None:
         "machine": machine_line(),
         "date": time.strftime("%Y-%m-%d"),
         "repeat": args.repeat,
-        "engine": "eager" if engine_is_eager() else "compiled",
+        "engine": engine_mode(),
         "results": results,
         "research_code_same_work": RESEARCH_CODE,
     }
-    Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
-    existing = json.loads(Path(args.out_json).read_text()) if Path(args.out_json).exists() else {}
-    existing["search"] = record
-    Path(args.out_json).write_text(json.dumps(existing, indent=2) + "\n")
+    write_record(Path(args.out_json), "search", record)
     write_markdown(Path(args.out_md), record)
     print(json.dumps(results, indent=2))
 

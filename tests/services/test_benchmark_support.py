@@ -119,3 +119,14 @@ def test_machine_line_names_cpu_cores_and_memory():
     line = machine_line()
     assert f"{os.cpu_count()} cores" in line and "GiB" in line
     assert len(line.split(", ")) >= 4  # architecture, CPU model, cores, memory
+
+
+def test_write_record_replaces_one_benchmark_and_keeps_the_others(tmp_path):
+    from search_bench import read_records, write_record
+
+    path = tmp_path / "docs" / "benchmarks.json"
+    assert read_records(path) == {}
+    write_record(path, "search", {"ratio": 0.9})
+    write_record(path, "pipeline", {"ratio": 0.7})
+    write_record(path, "search", {"ratio": 0.8})
+    assert read_records(path) == {"search": {"ratio": 0.8}, "pipeline": {"ratio": 0.7}}
