@@ -20,7 +20,7 @@ from rstar_policy.engine import enforce_eager_from_env
 from rstar_policy.recording import RecordingPolicy, read_request_log, read_request_timings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from search_bench import median_run, occupancy  # noqa: E402
+from search_bench import PeakMemory, median_run, occupancy  # noqa: E402
 
 
 def _three_samples(prompt: str, call: int):
@@ -130,3 +130,16 @@ def test_write_record_replaces_one_benchmark_and_keeps_the_others(tmp_path):
     write_record(path, "pipeline", {"ratio": 0.7})
     write_record(path, "search", {"ratio": 0.8})
     assert read_records(path) == {"search": {"ratio": 0.8}, "pipeline": {"ratio": 0.7}}
+
+
+def test_peak_memory_counts_children_started_after_sampling_began():
+    import psutil
+
+    own = psutil.Process().memory_info().rss
+    with PeakMemory(interval_s=0.05, refresh_s=0.1) as mem:
+        # A child that holds 200 MB for a moment, started after the first walk of the tree.
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+                                  "time.sleep(1.5)"])
+        child.wait(timeout=30)
+    assert mem.peak >= own + 150 * 2**20
