@@ -23,20 +23,19 @@ TOKENS = 64
 def measure(model_dir: str, prompts: list[str], seed: int) -> list[dict]:
     from vllm import SamplingParams
 
-    llm = offline_engine(model_dir, seed)
-    # Fill the prefix cache, so the timed calls measure decoding.
-    llm.generate(prompts, SamplingParams(max_tokens=1), use_tqdm=False)
     rows = []
-    for batch in BATCHES:
-        batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
-        params = SamplingParams(temperature=0.7, max_tokens=TOKENS, ignore_eos=True)
-        start = time.perf_counter()
-        llm.generate(batch_prompts, params, use_tqdm=False)
-        wall = time.perf_counter() - start
-        rows.append({"batch": batch, "tokens_per_s": round(batch * TOKENS / wall, 1),
-                     "ms_per_step": round(wall / TOKENS * 1000, 1)})
-        print(rows[-1], flush=True)
-    llm.llm_engine.engine_core.shutdown()
+    with offline_engine(model_dir, seed) as llm:
+        # Fill the prefix cache, so the timed calls measure decoding.
+        llm.generate(prompts, SamplingParams(max_tokens=1), use_tqdm=False)
+        for batch in BATCHES:
+            batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
+            params = SamplingParams(temperature=0.7, max_tokens=TOKENS, ignore_eos=True)
+            start = time.perf_counter()
+            llm.generate(batch_prompts, params, use_tqdm=False)
+            wall = time.perf_counter() - start
+            rows.append({"batch": batch, "tokens_per_s": round(batch * TOKENS / wall, 1),
+                         "ms_per_step": round(wall / TOKENS * 1000, 1)})
+            print(rows[-1], flush=True)
     return rows
 
 

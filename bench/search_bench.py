@@ -153,30 +153,35 @@ def run_engine(model_dir: str, log, seed: int) -> dict:
             if n_tokens:
                 prompts.append(prompt)
                 params.append(SamplingParams(n=1, temperature=temperature, max_tokens=n_tokens, ignore_eos=True))
-    llm = offline_engine(model_dir, seed)
-    llm.generate(["Hello"], SamplingParams(max_tokens=8), use_tqdm=False)
-    with PeakMemory() as mem:
-        start = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        wall = time.perf_counter() - start
+    with offline_engine(model_dir, seed) as llm:
+        llm.generate(["Hello"], SamplingParams(max_tokens=8), use_tqdm=False)
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            outs = llm.generate(prompts, params, use_tqdm=False)
+            wall = time.perf_counter() - start
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
-    # Stop the engine core process now: left to interpreter exit, multiprocessing waits on it.
-    llm.llm_engine.engine_core.shutdown()
     return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "sequences": len(prompts),
             "peak_rss_mb": mem.peak / 2**20}
 
 
+@contextlib.contextmanager
 def offline_engine(model_dir: str, seed: int):
-    """A `vllm.LLM` with the search's policy-engine settings (bench_work fixes RSTAR_ENFORCE_EAGER)."""
+    """A `vllm.LLM` with the search's policy-engine settings (bench_work fixes RSTAR_ENFORCE_EAGER),
+    stopped on exit."""
     from vllm import LLM
 
     from rstar_policy.engine import EngineSettings
 
     engine = EngineSettings(model=model_dir, seed=seed, enforce_eager=engine_is_eager())
-    return LLM(model=model_dir, dtype=engine.dtype, seed=seed, enforce_eager=engine.enforce_eager,
-               enable_prefix_caching=engine.enable_prefix_caching, max_model_len=engine.max_model_len,
-               block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
-               gpu_memory_utilization=engine.gpu_memory_utilization)
+    llm = LLM(model=model_dir, dtype=engine.dtype, seed=seed, enforce_eager=engine.enforce_eager,
+              enable_prefix_caching=engine.enable_prefix_caching, max_model_len=engine.max_model_len,
+              block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
+              gpu_memory_utilization=engine.gpu_memory_utilization)
+    try:
+        yield llm
+    finally:
+        # Stop the engine core process now: left to interpreter exit, multiprocessing waits on it.
+        llm.llm_engine.engine_core.shutdown()
 
 
 def engine_is_eager() -> bool:
