@@ -7,9 +7,10 @@
    `vllm.LLM` (ignore_eos, max_tokens = the sample's length): the raw engine figure.
 3. Measures the sandbox's per-execution overhead (`print(1)`, warm pool).
 
-Steps 1-3 are repeated `--repeat` times (3), each on fresh engines: runs of this work
-differ (no per-request seed on CPU; the host's speed drifts), so the run with the median
-ratio is reported, beside every run's figures.
+Steps 1-3 are repeated `--repeat` times (5), each on fresh engines: runs of this work
+differ (no per-request seed on CPU, so each run draws different samples: a single ratio
+moves by about ±0.06), so the run with the median ratio is reported, beside every run's
+figures and the mean ratio.
 
 Writes docs/benchmarks.json (machine-readable, with command and config) and the
 "Search benchmark" section of docs/benchmarks.md. Speed goals are checked here, never in tests.
@@ -214,7 +215,7 @@ def bench_work():
     parser.add_argument("--problems", type=int, default=20)
     parser.add_argument("--out-json", default=str(REPO / "docs" / "benchmarks.json"))
     parser.add_argument("--out-md", default=str(REPO / "docs" / "benchmarks.md"))
-    parser.add_argument("--repeat", type=int, default=3,
+    parser.add_argument("--repeat", type=int, default=5,
                         help="independent runs (fresh engine each); the run with the median ratio is reported")
     args = parser.parse_args()
     if args.repeat < 1:
@@ -235,6 +236,10 @@ def median_run(runs: list[dict], key: str) -> dict:
     """The run whose `key` is the median (the lower middle one for an even count)."""
     ordered = sorted(runs, key=lambda r: r[key])
     return ordered[(len(ordered) - 1) // 2]
+
+
+def mean_of(runs: list[dict], key: str) -> float:
+    return round(sum(r[key] for r in runs) / len(runs), 3)
 
 
 def run_summaries(runs: list[dict], key: str, tps_key: str) -> list[dict]:
@@ -277,6 +282,7 @@ def main() -> None:
         runs.append(measure_once(problems, config, model_dir))
         print(f"run {k + 1}/{args.repeat}: ratio {runs[-1]['search_vs_engine_ratio']}", flush=True)
     results = dict(median_run(runs, "search_vs_engine_ratio"))
+    results["search_vs_engine_ratio_mean"] = mean_of(runs, "search_vs_engine_ratio")
     results["runs"] = run_summaries(runs, "search_vs_engine_ratio", "search_tokens_per_s")
     record = {
         "command": COMMAND,
@@ -329,7 +335,7 @@ Every figure but the "every run" row comes from the run with the median ratio.
 |---|---|
 | search tokens/s (end to end, embedded) | **{r['search_tokens_per_s']}** |
 | raw engine tokens/s (same prompts and token counts, one offline batch) | {r['engine_tokens_per_s']} |
-| search ÷ engine, median of {record['repeat']} runs | **{r['search_vs_engine_ratio']}** (goal ≥ 0.85) |
+| search ÷ engine, median of {record['repeat']} runs | **{r['search_vs_engine_ratio']}** (goal ≥ 0.85; mean {r['search_vs_engine_ratio_mean']}) |
 | every run: ratio (search vs engine tokens/s) | {runs_line(r['runs'], 'search_vs_engine_ratio', 'search_tokens_per_s')} |
 | problems/minute | {r['problems_per_min']} |
 | generated tokens / policy requests | {r['generated_tokens']} / {r['policy_requests']} |
