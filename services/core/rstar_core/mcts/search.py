@@ -29,7 +29,14 @@ finished, so the tree is the same set of candidates either way; only the order i
 siblings were tried differs.
 `parallel_rollouts` rollouts of one tree run at once; virtual loss (a pending visit with
 value -virtual_loss on every node of an in-flight path) keeps them on different branches,
-so the policy engine sees several requests per tree and many trees at once.
+so the policy engine sees several requests per tree and many trees at once. Because
+candidates arrive one at a time, a rollout that finds the best child already taken by
+another in-flight rollout waits for the expansion's next candidate rather than follow it
+down the same path (otherwise, with streamed samples, every rollout of a batch would
+trail the first one). Once the expansion has finished, UCT with virtual loss decides, even
+if that means sharing a child. So (with `explore_unvisited_first`) two rollouts share a
+child only where a sequential second rollout would have had no other choice either, and
+neither waits for all n samples at every level as the reference code does.
 
 The search owns no engine, sandbox or database: it talks to the `ports` only.
 """
@@ -220,11 +227,13 @@ class MCTS:
                 if node.is_terminal:
                     break
                 child = self._select_child(tree, node, pending)
+                still_expanding = expansion is not None and not expansion.done
+                if still_expanding and (child is None or pending.visits.get(child.id, 0) > 0):
+                    # Nothing to descend into yet, or only the child another in-flight rollout
+                    # took: wait for the next candidate instead of trailing that rollout.
+                    await expansion.wait_change()
+                    continue
                 if child is None:
-                    if expansion is not None and not expansion.done:
-                        # Nothing to descend into yet: wait for the next candidate.
-                        await expansion.wait_change()
-                        continue
                     self._mark_exhausted(tree, node)
                     break
                 node = child
