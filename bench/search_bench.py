@@ -9,7 +9,7 @@
 
 Steps 1-3 are repeated `--repeat` times (5), each on fresh engines: runs of this work
 differ (no per-request seed on CPU, so each run draws different samples: a single ratio
-moves by about ±0.06), so the run with the median ratio is reported, beside every run's
+moves by about ±0.1), so the run with the median ratio is reported, beside every run's
 figures and the mean ratio.
 
 Writes docs/benchmarks.json (machine-readable, with command and config) and the

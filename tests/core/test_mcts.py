@@ -140,24 +140,19 @@ def test_parallel_rollouts_overlap_and_take_different_branches():
     assert tree.stats.rollouts == 4 or tree.root.exhausted
 
 
-def _four_first_steps(prompt, call):
-    if not _tail(prompt):
-        return [("# Sam has 3 apples.\nx = 3", "\n#"), ("# Three apples.\nx = 1 + 2", "\n#"),
-                ("# Three.\nx = 3 * 1", "\n#"), ("# 3 apples.\nx = 6 - 3", "\n#")]
-    return arithmetic_script(prompt, call)
-
-
-def _visited_first_steps(tree):
-    return [tree.nodes[c] for c in tree.root.children if tree.nodes[c].visits > 0]
-
-
 def test_parallel_rollouts_do_not_trail_each_other_when_samples_stream_in():
     # Candidates finish one at a time (as from a real engine): the second rollout must
     # not follow the first into the only child there is yet, but wait for a fresh one.
+    def script(prompt, call):
+        if not _tail(prompt):
+            return [("# Sam has 3 apples.\nx = 3", "\n#"), ("# Three apples.\nx = 1 + 2", "\n#"),
+                    ("# Three.\nx = 3 * 1", "\n#"), ("# 3 apples.\nx = 6 - 3", "\n#")]
+        return arithmetic_script(prompt, call)
+
     config = SearchConfig(expansion_width=4, rollouts=2, max_depth=5, parallel_rollouts=2)
-    mcts, policy, _ = make(config, _four_first_steps, delay_s=0.2, sample_delay_s=0.05)
+    mcts, policy, _ = make(config, script, delay_s=0.2, sample_delay_s=0.05)
     tree = run(mcts.search(Problem(QUESTION, "7"))).tree
-    assert len(_visited_first_steps(tree)) == 2
+    assert len([c for c in tree.root.children if tree.nodes[c].visits > 0]) == 2
     # Each rollout expanded its own first step (root + 2 x depth 1 + 2 x depth 2 requests).
     assert len(policy.requests) == 5
 
