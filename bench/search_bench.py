@@ -174,7 +174,7 @@ def offline_engine(model_dir: str, seed: int):
     from rstar_policy.engine import EngineSettings
 
     engine = EngineSettings(model=model_dir, seed=seed, enforce_eager=engine_is_eager())
-    llm = LLM(model=model_dir, dtype=engine.dtype, seed=seed, enforce_eager=engine.enforce_eager,
+    llm = LLM(model=model_dir, dtype=engine_dtype(), seed=seed, enforce_eager=engine.enforce_eager,
               enable_prefix_caching=engine.enable_prefix_caching, max_model_len=engine.max_model_len,
               block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
               gpu_memory_utilization=engine.gpu_memory_utilization)
@@ -191,8 +191,15 @@ def engine_is_eager() -> bool:
     return enforce_eager_from_env(os.environ, default=False)
 
 
+def engine_dtype() -> str:
+    """What the search's engine computes in: ``RSTAR_POLICY_DTYPE``, else this machine's preferred type."""
+    from rstar_policy.hardware import preferred_dtype
+
+    return os.environ.get("RSTAR_POLICY_DTYPE") or preferred_dtype()
+
+
 def engine_mode() -> str:
-    return "eager" if engine_is_eager() else "compiled"
+    return f"{'eager' if engine_is_eager() else 'compiled'} {engine_dtype()}"
 
 
 def read_records(path: Path) -> dict:
@@ -303,14 +310,16 @@ def main() -> None:
 
 
 def machine_line() -> str:
-    """Architecture, CPU model, cores and memory: tokens per second differ between hosts."""
+    """Architecture, CPU model and vector ISA, cores and memory: tokens per second differ between hosts."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return (f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, "
+    return (f"{platform.machine()}, {cpu} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, "
             f"{round(psutil.virtual_memory().total / 2**30)} GiB, no GPU")
 
 

@@ -15,6 +15,7 @@ from rstar_cli.main import DEMO_PROBLEMS
 from rstar_core.types import Problem, Tree
 from rstar_executor import SandboxExecutor
 from rstar_policy.engine import EngineSettings, VLLMPolicy
+from rstar_policy.hardware import preferred_dtype
 from rstar_policy.model_store import model_version
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,12 @@ def test_engine_samples_n_with_stops_and_logprobs(policy, loop, model_dir):
         assert c.num_tokens > 0 and c.finish_reason in ("stop", "length")
         assert c.token_confidence is not None and 0 < c.token_confidence <= 1
     assert policy.model_version == model_version(model_dir) and "@" in policy.model_version
+
+
+def test_engine_computes_in_the_machines_preferred_dtype(policy):
+    # bf16 checkpoint; float32 on a CPU without AVX-512, where vLLM emulates bf16 ~4x slower.
+    assert policy.dtype == preferred_dtype()
+    assert str(policy._engine.model_config.dtype) == f"torch.{preferred_dtype()}"
 
 
 def _gsm8k(data_dir):

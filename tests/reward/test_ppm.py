@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rstar_core.ports import RewardModel, ScoringItem
+from rstar_policy.hardware import preferred_dtype
 from rstar_reward import (
     MANIFEST_FILE,
     VALUE_HEAD_FILE,
@@ -148,6 +149,13 @@ def test_save_load_round_trip_is_exact(model_dir, ppm_dir, tmp_path):
         b = second(**_ids(second.encode(texts)))
     assert torch.equal(a.raw, b.raw)
     assert torch.equal(a.score, b.score)
+
+
+@pytest.mark.slow
+def test_served_ppm_computes_in_the_machines_preferred_dtype(ppm_dir):
+    served = PPMRewardModel.from_dir(ppm_dir)
+    assert served.model.backbone.dtype == getattr(torch, preferred_dtype())
+    assert PPMRewardModel.from_dir(ppm_dir, dtype="float32").model.backbone.dtype == torch.float32
 
 
 def _ids(enc):

@@ -37,6 +37,8 @@ class EmbeddedSettings:
     # Embedded runs are often one-off questions: skip compilation unless asked
     # (RSTAR_ENFORCE_EAGER=0 compiles: about a minute more start-up, faster steps).
     enforce_eager: bool = True
+    # Policy compute type; None = bf16, or float32 on CPUs without AVX-512 (rstar_policy.hardware).
+    policy_dtype: str | None = None
 
     @classmethod
     def from_env(cls) -> "EmbeddedSettings":
@@ -50,6 +52,7 @@ class EmbeddedSettings:
             max_model_len=int(env.get("RSTAR_MAX_MODEL_LEN", "4096")),
             cpu_kvcache_gib=int(env.get("RSTAR_CPU_KVCACHE_GIB", "4")),
             enforce_eager=enforce_eager_from_env(env, default=True),
+            policy_dtype=env.get("RSTAR_POLICY_DTYPE") or None,
         )
 
 
@@ -74,7 +77,7 @@ async def embedded_runtime(config: SearchConfig, settings: EmbeddedSettings | No
     executor = SandboxExecutor()
     policy = VLLMPolicy(EngineSettings(model=model_dir, seed=config.seed, max_model_len=settings.max_model_len,
                                        cpu_kvcache_gib=settings.cpu_kvcache_gib,
-                                       enforce_eager=settings.enforce_eager))
+                                       enforce_eager=settings.enforce_eager, dtype=settings.policy_dtype))
     reward = None
     try:
         if config.needs_reward_model:

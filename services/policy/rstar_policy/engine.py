@@ -15,6 +15,9 @@ search does about 20 % more tokens per second (docs/benchmarks.md). The referenc
 runs eager; long-lived services should not. ``RSTAR_ENFORCE_EAGER=1`` skips compilation
 (tests, the demo, one-off questions).
 
+Compute type: by default bf16 on GPUs and AVX-512 CPUs and float32 on other CPUs, where
+vLLM emulates bf16 about four times slower (`hardware`); ``EngineSettings.dtype`` overrides.
+
 Not here: model preparation (`model_store`), gRPC (`service`).
 """
 
@@ -30,6 +33,7 @@ from typing import Any, AsyncIterator, Mapping
 
 from rstar_core.ports import Completion, GenerationRequest
 
+from .hardware import preferred_dtype
 from .model_store import model_version
 
 __all__ = ["EngineSettings", "VLLMPolicy", "enforce_eager_from_env", "token_confidence"]
@@ -41,7 +45,9 @@ log = logging.getLogger(__name__)
 class EngineSettings:
     model: str
     max_model_len: int = 4096
-    dtype: str = "bfloat16"
+    # None: bf16 where the hardware computes it, float32 on CPUs without AVX-512 (`hardware`);
+    # any vLLM dtype ("auto" = the checkpoint's) is passed through.
+    dtype: str | None = None
     seed: int = 0
     # False compiles the model (torch.compile / CUDA graphs): about a minute more start-up,
     # faster steps. Tests and quick one-off runs set True.
@@ -94,9 +100,11 @@ class VLLMPolicy:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.settings = settings
+        self.dtype = settings.dtype or preferred_dtype()
+        log.info("policy engine computes in %s", self.dtype)
         args = AsyncEngineArgs(
             model=settings.model,
-            dtype=settings.dtype,
+            dtype=self.dtype,
             seed=settings.seed,
             max_model_len=settings.max_model_len,
             enforce_eager=settings.enforce_eager,

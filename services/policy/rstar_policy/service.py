@@ -30,7 +30,8 @@ one version by rolling out between rounds.
 
 Environment (besides the server's, see `rstar_rpc.settings`): ``RSTAR_MAX_MODEL_LEN``
 (4096), ``RSTAR_CPU_KVCACHE_GIB`` (4), ``RSTAR_POLICY_SEED`` (engine seed, 0),
-``RSTAR_POLICY_MAX_N`` (largest n per prompt, 64), ``RSTAR_ENFORCE_EAGER`` (default 0: the
+``RSTAR_POLICY_MAX_N`` (largest n per prompt, 64), ``RSTAR_POLICY_DTYPE`` (unset: bf16, or
+float32 on CPUs without AVX-512; see `rstar_policy.hardware`), ``RSTAR_ENFORCE_EAGER`` (default 0: the
 model is compiled, about a minute more start-up for faster serving; 1 for a quick start),
 ``RSTAR_POLICY_REQUEST_LOG``
 (a JSONL path: log every request's prompt and sample lengths, for replay benchmarks).
@@ -78,6 +79,7 @@ class PolicyServiceSettings:
     seed: int = 0
     max_n: int = 64
     enforce_eager: bool = False
+    dtype: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PolicyServiceSettings:
@@ -88,11 +90,13 @@ class PolicyServiceSettings:
             seed=int(env.get("RSTAR_POLICY_SEED", 0)),
             max_n=int(env.get("RSTAR_POLICY_MAX_N", 64)),
             enforce_eager=enforce_eager_from_env(env, default=False),
+            dtype=env.get("RSTAR_POLICY_DTYPE") or None,
         )
 
     def engine(self, model: str) -> EngineSettings:
         return EngineSettings(model=model, max_model_len=self.max_model_len, seed=self.seed,
-                              cpu_kvcache_gib=self.cpu_kvcache_gib, enforce_eager=self.enforce_eager)
+                              cpu_kvcache_gib=self.cpu_kvcache_gib, enforce_eager=self.enforce_eager,
+                              dtype=self.dtype)
 
 
 class PolicyService(RpcService[VLLMPolicy], policy_pb2_grpc.PolicyServiceServicer):

@@ -50,6 +50,7 @@ from transformers import (
 
 from rstar_core.ports import ScoringItem
 from rstar_core.steps import get_format
+from rstar_policy.hardware import preferred_dtype
 
 __all__ = [
     "MANIFEST_FILE",
@@ -347,12 +348,16 @@ class PPMRewardModel:
         cls,
         model_dir: str | Path,
         *,
-        dtype: DType = "bfloat16",
+        dtype: DType | None = None,
         model_version: str | None = None,
         **kwargs,
     ) -> PPMRewardModel:
-        """Load a PPM directory. The default version is ``ppm:<dir name>:<head digest>``."""
-        model = ProcessPreferenceModel.from_pretrained(model_dir, dtype=dtype)
+        """Load a PPM directory. The default version is ``ppm:<dir name>:<head digest>``.
+
+        `dtype` None computes in the fastest type of this machine (bf16, or float32 on a
+        CPU without AVX-512: `rstar_policy.hardware`).
+        """
+        model = ProcessPreferenceModel.from_pretrained(model_dir, dtype=dtype or preferred_dtype())
         if model_version is None:
             head_bytes = (Path(model_dir) / VALUE_HEAD_FILE).read_bytes()
             digest = hashlib.sha256(head_bytes).hexdigest()[:12]

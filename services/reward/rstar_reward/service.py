@@ -13,7 +13,7 @@ rolled out like policy versions: start replicas on the new version, SIGTERM the 
 
 Environment (besides the server's, see `rstar_rpc.settings`): ``RSTAR_REWARD_MAX_BATCH``
 (items per forward, 16), ``RSTAR_REWARD_BATCH_WINDOW_MS`` (how long the batcher waits for
-more calls, 5), ``RSTAR_REWARD_DTYPE`` (bfloat16), ``RSTAR_REWARD_THREADS`` (torch
+more calls, 5), ``RSTAR_REWARD_DTYPE`` (unset: bf16, or float32 on a CPU without AVX-512), ``RSTAR_REWARD_THREADS`` (torch
 threads; unset: torch's default).
 
 Metrics: items per call (``rstar_reward_request_items``) and, read from the model's own
@@ -60,7 +60,8 @@ class RewardServiceSettings:
 
     max_batch_size: int = 16
     batch_window_s: float = 0.005
-    dtype: str = "bfloat16"
+    # None: bf16, or float32 on a CPU without AVX-512 (rstar_policy.hardware).
+    dtype: str | None = None
     num_threads: int | None = None
 
     @classmethod
@@ -70,7 +71,7 @@ class RewardServiceSettings:
         return cls(
             max_batch_size=int(env.get("RSTAR_REWARD_MAX_BATCH", 16)),
             batch_window_s=float(env.get("RSTAR_REWARD_BATCH_WINDOW_MS", 5)) / 1000,
-            dtype=env.get("RSTAR_REWARD_DTYPE", "bfloat16"),
+            dtype=env.get("RSTAR_REWARD_DTYPE") or None,
             num_threads=int(threads) if threads else None,
         )
 
