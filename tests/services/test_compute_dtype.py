@@ -30,7 +30,7 @@ def test_bf16_is_fast_only_with_avx512_or_arm_bf16(cpuinfo, fast):
     assert cpu_has_fast_bf16(cpu_flags(cpuinfo)) is fast
 
 
-def test_this_machine_computes_in_float32_exactly_when_its_cpu_lacks_bf16(monkeypatch):
+def test_this_machine_computes_in_float32_exactly_when_its_cpu_lacks_bf16():
     import torch
 
     if torch.cuda.is_available():
