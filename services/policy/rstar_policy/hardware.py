@@ -3,8 +3,8 @@
 bfloat16 halves memory and is what the models are stored in, but a CPU without AVX-512 has
 no bf16 arithmetic: vLLM and PyTorch then emulate it, and it is several times slower than
 float32. Measured on a 2-core AVX2-only host (docs/benchmarks.md, "Compute type"): the
-vLLM engine generated 46 tokens/s in bf16 against 192 in float32 at batch 64, and a
-transformers forward (the PPM) ran 67 against 370 tokens/s. So unless a dtype is set
+compiled vLLM engine generated 42.8 tokens/s in bf16 against 164 in float32 at batch 64,
+and a transformers forward (the PPM) ran 67 against 370 tokens/s. So unless a dtype is set
 (``RSTAR_POLICY_DTYPE``, ``RSTAR_REWARD_DTYPE``), models compute in bfloat16 on GPUs that
 support it and on CPUs with AVX-512 or ARM bf16, in float16 on older GPUs, and in float32
 on other CPUs.
@@ -58,4 +58,3 @@ def preferred_dtype() -> str:
     if dtype == "float32":
         log.info("this CPU has no AVX-512 or bf16 instructions: models compute in float32")
     return dtype
-
