@@ -192,10 +192,12 @@ def engine_is_eager() -> bool:
 
 
 def engine_dtype() -> str:
-    """What the search's engine computes in: ``RSTAR_POLICY_DTYPE``, else this machine's preferred type."""
+    """What the search's engine computes in: embedded mode's setting (``RSTAR_POLICY_DTYPE``),
+    else this machine's preferred type, so the replay computes like the search it replays."""
+    from rstar_cli.embedded import EmbeddedSettings
     from rstar_policy.hardware import preferred_dtype
 
-    return os.environ.get("RSTAR_POLICY_DTYPE") or preferred_dtype()
+    return EmbeddedSettings.from_env().policy_dtype or preferred_dtype()
 
 
 def engine_mode() -> str:
