@@ -5,7 +5,8 @@
    search, recording every generation request and how many tokens each sample produced.
 2. Replays exactly those prompts and token counts as ONE offline batch through a fresh
    `vllm.LLM` (ignore_eos, max_tokens = the sample's length): the raw engine figure.
-3. Measures the sandbox's per-execution overhead (`print(1)`, warm pool).
+3. Measures the sandbox's per-execution overhead (`print(1)`, warm pool): back to back,
+   and with the calls 20 ms apart as in a search (`rstar_executor.bench`).
 
 Steps 1-3 are repeated `--repeat` times (5), each on fresh engines: runs of this work
 differ (no per-request seed on CPU, so each run draws different samples: a single ratio
@@ -97,7 +98,7 @@ class PeakMemory:
 
 async def run_search(problems, config):
     from rstar_cli.embedded import embedded_runtime
-    from rstar_executor.bench import measure_overhead
+    from rstar_executor.bench import SEARCH_LIKE_SPACING_S, measure_overhead
 
     async with embedded_runtime(config) as runtime:
         # Warm the engine (first-call costs are start-up, not search).
@@ -113,8 +114,9 @@ async def run_search(problems, config):
                 solved += bool(result.correct)
             wall, t1 = time.perf_counter() - start, time.time()
         sandbox = await measure_overhead(runtime.executor, n=300)
+        sandbox_spaced = await measure_overhead(runtime.executor, n=200, spacing_s=SEARCH_LIKE_SPACING_S)
     return {"trees": trees, "solved": solved, "wall_s": wall, "peak_rss_mb": mem.peak / 2**20,
-            "log": policy.entries, "sandbox": sandbox,
+            "log": policy.entries, "sandbox": sandbox, "sandbox_spaced": sandbox_spaced,
             "in_flight": occupancy(policy.timings, t0, t1)}
 
 
@@ -270,6 +272,7 @@ def measure_once(problems, config, model_dir: str) -> dict:
         "problems_per_min": round(len(problems) / search["wall_s"] * 60, 2),
         "sandbox_overhead_ms_p50": round(search["sandbox"]["p50_ms"], 2),
         "sandbox_overhead_ms_p90": round(search["sandbox"]["p90_ms"], 2),
+        "sandbox_overhead_ms_p50_spaced": round(search["sandbox_spaced"]["p50_ms"], 2),
         "search_peak_rss_mb": round(search["peak_rss_mb"]),
         "engine_peak_rss_mb": round(engine["peak_rss_mb"]),
         "search_wall_s": round(search["wall_s"], 1),
@@ -351,7 +354,7 @@ Every figure but the "every run" row comes from the run with the median ratio.
 | problems/minute | {r['problems_per_min']} |
 | generated tokens / policy requests | {r['generated_tokens']} / {r['policy_requests']} |
 | peak RSS, search (process + engine) / raw engine | {r['search_peak_rss_mb']} MB / {r['engine_peak_rss_mb']} MB |
-| sandbox overhead per execution, p50 / p90 (warm, all isolation on) | **{r['sandbox_overhead_ms_p50']} ms** / {r['sandbox_overhead_ms_p90']} ms (goal ≤ 5 ms p50) |
+| sandbox overhead per execution, p50 / p90 (warm, all isolation on) | **{r['sandbox_overhead_ms_p50']} ms** / {r['sandbox_overhead_ms_p90']} ms back to back (goal ≤ 5 ms p50); {r['sandbox_overhead_ms_p50_spaced']} ms p50 with calls 20 ms apart, as in a search |
 | solved (majority vote over the tree) | {r['solved']} |
 | sequences in flight in the engine: mean, and by tenth of the run | {r['sequences_in_flight']['mean']}; {' '.join(str(x) for x in r['sequences_in_flight']['by_tenth'])} |
 | format: code candidates that ran / candidates kept / answer leaves / problems with an answer | {fa['code_run_rate']} / {fa['valid_candidate_rate']} / {fa['answer_leaf_rate']} / {fa['answered_tree_rate']} |
