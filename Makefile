@@ -61,6 +61,12 @@ deploy-tools:
 		(apt-get install -y -q docker-compose >/dev/null 2>&1 || \
 		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1)) || \
 		echo "docker-compose not installed: compose validation tests will be skipped"; }
+	@# Prometheus (and promtool) check the monitoring configs and scrape the test stack:
+	@# Debian's package unpacked into .cache/tools, not installed (no root, no daemon).
+	@command -v prometheus >/dev/null 2>&1 || test -x .cache/tools/usr/bin/prometheus || \
+		{ mkdir -p .cache/tools && cd .cache/tools && apt-get download -q prometheus >/dev/null 2>&1 && \
+		  dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb; } || \
+		echo "prometheus not available: its config checks and scrape test will be skipped"
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -84,6 +84,16 @@ def test_grpc_services_are_headless_and_probed_over_grpc_health(name):
     assert any(p["containerPort"] == port for p in container["ports"])
 
 
+@pytest.mark.parametrize("name", sorted(GRPC_SERVICES))
+def test_grpc_services_announce_their_metrics_port_to_prometheus(name):
+    deployment = _find("Deployment", name)
+    (container,) = _containers(deployment)
+    (metrics,) = [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(metrics),
+                           "prometheus.io/path": "/metrics"}
+
+
 def test_config_points_clients_at_the_headless_services():
     data = _find("ConfigMap", "rstar-config")["data"]
     for name, port in GRPC_SERVICES.items():

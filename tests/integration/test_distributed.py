@@ -8,21 +8,28 @@ own database, queue prefix and ports.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from sqlalchemy import text
 
 from rstar_cli.launcher import StackSpec, metrics_port, spawn_service, spawn_worker, start_stack, stop_stack, wait_healthy
 from rstar_store import Store
+from tools import find_tool
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[2]
 ADMIN_URL = os.environ.get("RSTAR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PROBLEMS = [
     {"id": "eggs", "question": "A box holds 6 eggs. How many eggs are in 4 boxes?", "answer": "24"},
@@ -133,6 +140,68 @@ def test_both_executor_replicas_serve(stack):
                     if line.startswith("rstar_executor_executions_total{"))
         counts.append(total)
     assert len(counts) == 2 and all(c > 0 for c in counts), counts
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _promql(port, query):
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    try:
+        body = json.loads(urllib.request.urlopen(url, timeout=10).read())
+    except urllib.error.HTTPError as exc:  # 400 for a query that does not parse
+        raise AssertionError(f"{query}: {exc.read().decode()}") from exc
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+@pytest.mark.skipif(find_tool("prometheus") is None, reason="prometheus not available (make deploy-tools)")
+def test_prometheus_scrapes_the_stack_and_the_dashboard_queries_answer(stack, tmp_path):
+    # Traffic first, so that every service's counters have series.
+    _cli(stack, "enqueue", _problem_file(tmp_path, PROBLEMS[:1]), "--run", "scraped", "--config", "demo", *SMALL)
+    _wait_done(stack, "scraped", 1)
+    # deploy/prometheus/local.yml as it is, pointed at this stack's run directory.
+    config = yaml.safe_load((REPO / "deploy/prometheus/local.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config["scrape_configs"][0]["file_sd_configs"][0]["files"] = [str(stack.run_dir / "prometheus-targets.json")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    with (tmp_path / "prometheus.log").open("wb") as log:
+        prometheus = subprocess.Popen(
+            [find_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        up = []
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                up = _promql(port, "up == 1")
+            except OSError:
+                continue  # not listening yet
+            if len(up) == 3 and len(_promql(port, "rstar_policy_generated_tokens_total")) == 1:
+                break
+        # One policy and two executor replicas, each under its service's job.
+        assert sorted(r["metric"]["job"] for r in up) == ["executor", "executor", "policy"], up
+        time.sleep(3)  # a rate() needs two scrapes
+        dashboard = json.loads((REPO / "deploy/grafana/dashboards/rstar.json").read_text())
+        queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+        answered = 0
+        for query in queries:
+            result = _promql(port, query)  # every query parses
+            # Those over the services in this stack (no reward, Flower or broker here) have data.
+            if not any(other in query for other in ("rstar_reward", "flower_", "rabbitmq_")):
+                assert result, query
+                answered += 1
+        assert answered >= 10
+        tokens = _promql(port, "sum(rstar_policy_generated_tokens_total)")
+        assert float(tokens[0]["value"][1]) > 0
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
 
 
 def test_killed_worker_task_is_redelivered_and_written_once(stack, tmp_path):

@@ -5,7 +5,9 @@ the RabbitMQ and PostgreSQL already running on this machine, with one log file p
 process under a run directory, and waits until every service reports SERVING on gRPC
 health. `rstar down` stops what `rstar up` started (SIGTERM to each process group, then
 SIGKILL after a grace period). The wiring the CLI needs (`RSTAR_DATABASE_URL`,
-`RSTAR_BROKER_URL`) is written to `<run-dir>/env` so a shell can `source` it.
+`RSTAR_BROKER_URL`) is written to `<run-dir>/env` so a shell can `source` it, and the
+services' metrics endpoints to `<run-dir>/prometheus-targets.json` (Prometheus file-based
+discovery; deploy/prometheus/local.yml reads it).
 
 Not here: supervision/restarts (use compose or Kubernetes for that).
 """
@@ -22,11 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["StackSpec", "spawn_service", "spawn_worker", "start_stack", "stop_stack", "wait_healthy"]
+__all__ = ["StackSpec", "prometheus_targets", "spawn_service", "spawn_worker", "start_stack", "stop_stack",
+           "wait_healthy"]
 
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/rstar"
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 STATE_FILE = "stack.json"
+TARGETS_FILE = "prometheus-targets.json"
 
 
 @dataclass
@@ -50,6 +54,11 @@ def _ports(spec: StackSpec) -> dict[str, list[int]]:
         "reward": [spec.base_port + 1],
         "executor": [spec.base_port + 2 + 10 * i for i in range(spec.executors)],
     }
+
+
+def _services(spec: StackSpec) -> list[str]:
+    # In start order: the executor first, the slow-loading models last.
+    return ["executor", "policy"] + (["reward"] if spec.with_reward else [])
 
 
 def stack_env(spec: StackSpec) -> dict[str, str]:
@@ -118,6 +127,16 @@ def metrics_port(grpc_port: int) -> int:
     return grpc_port + 10000
 
 
+def prometheus_targets(spec: StackSpec) -> list[dict]:
+    """The stack's metrics endpoints as Prometheus file_sd target groups, one per service.
+
+    Each group carries its service's name as the `service` label; deploy/prometheus/local.yml
+    makes it the `job` label, as in the compose stack, so the Grafana dashboard reads both.
+    """
+    return [{"targets": [f"127.0.0.1:{metrics_port(port)}" for port in _ports(spec)[service]],
+             "labels": {"service": service}} for service in _services(spec)]
+
+
 def _record_pid(run_dir: Path, name: str, pid: int) -> None:
     path = run_dir / STATE_FILE
     state = json.loads(path.read_text())
@@ -137,8 +156,8 @@ def start_stack(spec: StackSpec) -> dict[str, int]:
     state = {"pids": {}, "env": stack_env(spec), "ports": _ports(spec)}
     (spec.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     (spec.run_dir / "env").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in stack_env(spec).items()))
-    services = ["executor", "policy"] + (["reward"] if spec.with_reward else [])
-    for service in services:
+    (spec.run_dir / TARGETS_FILE).write_text(json.dumps(prometheus_targets(spec), indent=2))
+    for service in _services(spec):
         for replica in range(len(_ports(spec)[service])):
             spawn_service(spec, service, replica)
     for index in range(spec.workers):
