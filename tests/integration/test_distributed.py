@@ -69,6 +69,15 @@ def stack(model_dir, tmp_path_factory):
         _delete_queues(spec.env["RSTAR_QUEUE_PREFIX"])
 
 
+@pytest.fixture(scope="module")
+def searched(stack, tmp_path_factory):
+    """The stack after one finished search, so that every service has served calls."""
+    problems = _problem_file(tmp_path_factory.mktemp("searched"), PROBLEMS[:1])
+    _cli(stack, "enqueue", problems, "--run", "searched", "--config", "demo", *SMALL)
+    _wait_done(stack, "searched", 1)
+    return stack
+
+
 def _delete_queues(prefix):
     from kombu import Connection
 
@@ -132,9 +141,9 @@ def test_enqueue_three_problems_all_complete(stack, tmp_path):
     assert "0 new tasks, 0 published" in again.stdout
 
 
-def test_both_executor_replicas_serve(stack):
+def test_both_executor_replicas_serve(searched):
     counts = []
-    for port in json.loads((stack.run_dir / "stack.json").read_text())["ports"]["executor"]:
+    for port in json.loads((searched.run_dir / "stack.json").read_text())["ports"]["executor"]:
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port(port)}/metrics", timeout=5).read().decode()
         total = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
                     if line.startswith("rstar_executor_executions_total{"))
@@ -159,10 +168,8 @@ def _promql(port, query):
 
 
 @pytest.mark.skipif(find_tool("prometheus") is None, reason="prometheus not available (make deploy-tools)")
-def test_prometheus_scrapes_the_stack_and_the_dashboard_queries_answer(stack, tmp_path):
-    # Traffic first, so that every service's counters have series.
-    _cli(stack, "enqueue", _problem_file(tmp_path, PROBLEMS[:1]), "--run", "scraped", "--config", "demo", *SMALL)
-    _wait_done(stack, "scraped", 1)
+def test_prometheus_scrapes_the_stack_and_the_dashboard_queries_answer(searched, tmp_path):
+    stack = searched
     # deploy/prometheus/local.yml as it is, pointed at this stack's run directory.
     config = yaml.safe_load((REPO / "deploy/prometheus/local.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
