@@ -117,7 +117,7 @@ async def run_search(problems, config):
         sandbox_spaced = await measure_overhead(runtime.executor, n=200, spacing_s=SEARCH_LIKE_SPACING_S)
     return {"trees": trees, "solved": solved, "wall_s": wall, "peak_rss_mb": mem.peak / 2**20,
             "log": policy.entries, "sandbox": sandbox, "sandbox_spaced": sandbox_spaced,
-            "in_flight": occupancy(policy.timings, t0, t1)}
+            "in_flight": occupancy(policy.timings, t0, t1), "window": (t0, t1)}
 
 
 def occupancy(timings, t0: float, t1: float, slices: int = 10) -> dict:
@@ -146,8 +146,11 @@ def occupancy(timings, t0: float, t1: float, slices: int = 10) -> dict:
     return {"mean": round(sum(area) / (t1 - t0), 1), "by_tenth": [round(a / width, 1) for a in area]}
 
 
-def run_engine(model_dir: str, log, seed: int) -> dict:
-    """The same prompts and sample lengths as one offline batch (the raw engine figure)."""
+def run_engine(model_dir: str, log, seed: int, **engine_kwargs) -> dict:
+    """The same prompts and sample lengths as one offline batch (the raw engine figure).
+
+    `engine_kwargs` go to `vllm.LLM` on top of the search's settings (bench/step_trace.py).
+    """
     from vllm import SamplingParams
 
     prompts, params = [], []
@@ -156,19 +159,19 @@ def run_engine(model_dir: str, log, seed: int) -> dict:
             if n_tokens:
                 prompts.append(prompt)
                 params.append(SamplingParams(n=1, temperature=temperature, max_tokens=n_tokens, ignore_eos=True))
-    with offline_engine(model_dir, seed) as llm:
+    with offline_engine(model_dir, seed, **engine_kwargs) as llm:
         llm.generate(["Hello"], SamplingParams(max_tokens=8), use_tqdm=False)
         with PeakMemory() as mem:
-            start = time.perf_counter()
+            start, t0 = time.perf_counter(), time.time()
             outs = llm.generate(prompts, params, use_tqdm=False)
-            wall = time.perf_counter() - start
+            wall, t1 = time.perf_counter() - start, time.time()
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "sequences": len(prompts),
-            "peak_rss_mb": mem.peak / 2**20}
+            "peak_rss_mb": mem.peak / 2**20, "window": (t0, t1)}
 
 
 @contextlib.contextmanager
-def offline_engine(model_dir: str, seed: int):
+def offline_engine(model_dir: str, seed: int, **engine_kwargs):
     """A `vllm.LLM` with the search's policy-engine settings (bench_work fixes RSTAR_ENFORCE_EAGER),
     stopped on exit."""
     from vllm import LLM
@@ -179,7 +182,7 @@ def offline_engine(model_dir: str, seed: int):
     llm = LLM(model=model_dir, dtype=engine_dtype(), seed=seed, enforce_eager=engine.enforce_eager,
               enable_prefix_caching=engine.enable_prefix_caching, max_model_len=engine.max_model_len,
               block_size=engine.block_size, max_num_seqs=engine.max_num_seqs,
-              gpu_memory_utilization=engine.gpu_memory_utilization)
+              gpu_memory_utilization=engine.gpu_memory_utilization, **engine_kwargs)
     try:
         yield llm
     finally:

@@ -144,3 +144,52 @@ def test_peak_memory_counts_children_started_after_sampling_began():
     with PeakMemory(pids=[parent.pid], interval_s=0.05, refresh_s=0.1) as mem:
         assert parent.wait(timeout=30) == 0
     assert mem.peak >= 200 * 2**20
+
+
+# -- bench/step_trace.py: splitting the search's extra time ----------------------------------
+
+def _steps(rows, cost=lambda decoding, prefill: 10 + 2 * decoding + 0.5 * prefill):
+    return [{"decoding": d, "prefill_tokens": p, "generated": d, "ms": cost(d, p)} for d, p in rows]
+
+
+def test_step_cost_fit_recovers_a_linear_engine():
+    from step_trace import fit_step_cost
+
+    coef = fit_step_cost(_steps([(1, 0), (200, 0), (50, 300), (120, 40), (8, 2000)]))
+    assert coef == pytest.approx([10, 2, 0.5])
+
+
+def test_split_puts_low_occupancy_steps_under_more_steps_and_contention_under_slower():
+    from step_trace import summary
+
+    replay = _steps([(200, 100), (250, 0), (120, 40), (60, 300), (5, 0)])
+    chain = _steps([(3, 0)] * 40)  # the same tokens spread thin: many cheap steps
+    busy_r = sum(s["ms"] for s in replay) / 1000
+    busy_s = sum(s["ms"] for s in chain) / 1000
+    split = summary(chain, replay, search_wall=busy_s + 0.3, replay_wall=busy_r + 0.1)["split_of_difference_s"]
+    assert split["slower_steps"] == pytest.approx(0, abs=0.01)
+    assert split["more_steps"] == pytest.approx(busy_s - busy_r, abs=0.01)
+    assert split["idle"] == pytest.approx(0.2, abs=0.01)
+    # Every step 20 % dearer than the replay's engine would make it: contention.
+    slow = [{**s, "ms": s["ms"] * 1.2} for s in chain]
+    split = summary(slow, replay, search_wall=busy_s * 1.2, replay_wall=busy_r)["split_of_difference_s"]
+    assert split["slower_steps"] == pytest.approx(busy_s * 0.2, abs=0.01)
+
+
+def test_step_recorder_keeps_real_steps_inside_the_window():
+    from types import SimpleNamespace
+
+    from step_trace import StepRecorder, by_batch
+
+    recorder = StepRecorder()
+    details = dict(iteration_index=1, num_ctx_requests=2, num_ctx_tokens=40, num_generation_requests=7,
+                   num_generation_tokens=7, elapsed_ms=12.5)
+    recorder.add(SimpleNamespace(**details, is_dummy=False))
+    recorder.add(SimpleNamespace(**details, is_dummy=True))
+    recorder.add(None)
+    now = time.time()
+    assert [s["decoding"] for s in recorder.take((now - 5, now))] == [7]
+    assert recorder.take((now - 5, now)) == []  # taken once
+    rows = by_batch(_steps([(0, 500), (1, 0), (7, 0), (7, 0), (256, 0)]))
+    assert [r["decoding"] for r in rows][:3] == ["0 (prefill only)", "1-1", "2-4"]
+    assert [r["steps"] for r in rows] == [1, 1, 0, 2, 0, 0, 1]
