@@ -9,6 +9,7 @@ rabbitmq_prometheus plugin, which is not installed here: they are listed below.
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -217,8 +218,6 @@ def test_monitoring_override_keeps_the_executor_isolated():
 
 
 def _compose(*args, env=None):
-    import os
-
     environment = {k: v for k, v in os.environ.items() if k not in ENV}
     environment.update(ENV if env is None else env)
     return subprocess.run(["docker-compose", "-f", str(MAIN), "-f", str(MONITORING), *args],

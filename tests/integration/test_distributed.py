@@ -178,17 +178,19 @@ def test_prometheus_scrapes_the_stack_and_the_dashboard_queries_answer(searched,
     port = _free_port()
     with (tmp_path / "prometheus.log").open("wb") as log:
         prometheus = subprocess.Popen(
-            [find_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+            [find_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         up = []
         while time.monotonic() < deadline:
             time.sleep(1)
-            try:
-                up = _promql(port, "up == 1")
+            try:  # 503 until its storage is open
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5).read()
             except OSError:
-                continue  # not listening yet
+                continue
+            up = _promql(port, "up == 1")
             if len(up) == 3 and len(_promql(port, "rstar_policy_generated_tokens_total")) == 1:
                 break
         # One policy and two executor replicas, each under its service's job.

@@ -320,7 +320,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .launcher import DEFAULT_BROKER, DEFAULT_DB, StackSpec, start_stack, stop_stack, wait_healthy
+    from .launcher import DEFAULT_BROKER, DEFAULT_DB, TARGETS_FILE, StackSpec, start_stack, stop_stack, wait_healthy
 
     spec = StackSpec(
         run_dir=Path(args.run_dir),
@@ -343,6 +343,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"rstar: error: {exc}", file=sys.stderr)
         return 1
     print(f"stack is up. For the CLI: source {spec.run_dir}/env")
+    print(f"metrics endpoints for Prometheus: {spec.run_dir}/{TARGETS_FILE} (deploy/prometheus/local.yml)")
     return 0
 
 
