@@ -28,6 +28,8 @@ MAIN = REPO / "docker-compose.yml"
 MONITORING = REPO / "docker-compose.monitoring.yml"
 PROMETHEUS = REPO / "deploy/prometheus/prometheus.yml"
 LOCAL_PROMETHEUS = REPO / "deploy/prometheus/local.yml"
+ALERTS = REPO / "deploy/prometheus/alerts.yml"
+ALERT_TESTS = Path(__file__).parent / "alerts_test.yml"
 GRAFANA = REPO / "deploy/grafana"
 DASHBOARD = GRAFANA / "dashboards/rstar.json"
 SERVICES = ("policy", "reward", "executor")
@@ -189,6 +191,24 @@ def test_promtool_accepts_the_config(config):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+@pytest.mark.skipif(find_tool("promtool") is None, reason="promtool not available (make deploy-tools)")
+def test_alerts_fire_on_their_series_and_not_before():
+    # Each alert of deploy/prometheus/alerts.yml against input series (tests/deploy/alerts_test.yml).
+    result = subprocess.run([find_tool("promtool"), "test", "rules", str(ALERT_TESTS)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_tested_and_both_configs_load_the_rules():
+    alerts = {rule["alert"] for group in _yaml(ALERTS)["groups"] for rule in group["rules"]}
+    tested = {case["alertname"] for test in _yaml(ALERT_TESTS)["tests"] for case in test["alert_rule_test"]}
+    assert alerts == tested
+    for config in (PROMETHEUS, LOCAL_PROMETHEUS):
+        assert _yaml(config)["rule_files"] == [ALERTS.name], config.name
+    volumes = _yaml(MONITORING)["services"]["prometheus"]["volumes"]
+    assert f"./deploy/prometheus/{ALERTS.name}:/etc/prometheus/{ALERTS.name}:ro" in volumes
 
 
 # -- the compose override ------------------------------------------------------------------

@@ -172,8 +172,9 @@ def test_prometheus_scrapes_the_stack_and_the_dashboard_queries_answer(searched,
     stack = searched
     # deploy/prometheus/local.yml as it is, pointed at this stack's run directory.
     config = yaml.safe_load((REPO / "deploy/prometheus/local.yml").read_text())
-    config["global"]["scrape_interval"] = "1s"
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
     config["scrape_configs"][0]["file_sd_configs"][0]["files"] = [str(stack.run_dir / "prometheus-targets.json")]
+    config["rule_files"] = [str(REPO / "deploy/prometheus" / name) for name in config["rule_files"]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = _free_port()
     with (tmp_path / "prometheus.log").open("wb") as log:
@@ -208,6 +209,11 @@ def test_prometheus_scrapes_the_stack_and_the_dashboard_queries_answer(searched,
         assert answered >= 10
         tokens = _promql(port, "sum(rstar_policy_generated_tokens_total)")
         assert float(tokens[0]["value"][1]) > 0
+        # The alerting rules load, and a healthy stack fires none of them.
+        rules = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).read())
+        loaded = [rule for group in rules["data"]["groups"] for rule in group["rules"]]
+        assert len(loaded) == 5 and all(rule["health"] == "ok" for rule in loaded), loaded
+        assert all(rule["state"] == "inactive" for rule in loaded), loaded
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
