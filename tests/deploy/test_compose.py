@@ -8,12 +8,13 @@ files too) and are skipped without it.
 """
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tools import needs
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "docker-compose.yml"
@@ -29,9 +30,7 @@ SCALABLE = {"policy", "reward", "executor", "worker"}
 EXECUTOR_CAPS = {"SETUID", "SETGID", "CHOWN", "KILL", "DAC_OVERRIDE", "SYS_ADMIN"}
 GPU_DEVICE = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
 
-needs_compose = pytest.mark.skipif(
-    shutil.which("docker-compose") is None,
-    reason="docker-compose not installed (apt-get install docker-compose)")
+needs_compose = needs("docker-compose")
 
 
 def _load(path: Path) -> dict:

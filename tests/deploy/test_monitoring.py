@@ -11,7 +11,6 @@ rabbitmq_prometheus plugin, which is not installed here: they are listed below.
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from rstar_rpc.settings import ServerSettings
-from tools import find_tool
+from tools import find_tool, needs
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "docker-compose.yml"
@@ -38,9 +37,7 @@ ENV = {"POSTGRES_PASSWORD": "pg", "RABBITMQ_PASSWORD": "mq", "GRAFANA_ADMIN_PASS
 RABBITMQ_METRICS = {"rabbitmq_connections", "rabbitmq_channels",
                     "rabbitmq_detailed_queue_messages_ready", "rabbitmq_detailed_queue_messages_unacked"}
 
-needs_compose = pytest.mark.skipif(
-    shutil.which("docker-compose") is None,
-    reason="docker-compose not installed (apt-get install docker-compose)")
+needs_compose = needs("docker-compose")
 
 
 def _yaml(path: Path) -> dict:
@@ -184,7 +181,7 @@ def test_local_prometheus_reads_the_targets_rstar_up_writes(tmp_path):
     assert {g["labels"]["service"] for g in without_reward} == {"executor", "policy"}
 
 
-@pytest.mark.skipif(find_tool("promtool") is None, reason="promtool not available (make deploy-tools)")
+@needs("promtool")
 @pytest.mark.parametrize("config", [PROMETHEUS, LOCAL_PROMETHEUS], ids=lambda p: p.name)
 def test_promtool_accepts_the_config(config):
     result = subprocess.run([find_tool("promtool"), "check", "config", str(config)],
@@ -193,7 +190,7 @@ def test_promtool_accepts_the_config(config):
     assert "SUCCESS" in result.stdout
 
 
-@pytest.mark.skipif(find_tool("promtool") is None, reason="promtool not available (make deploy-tools)")
+@needs("promtool")
 def test_alerts_fire_on_their_series_and_not_before():
     # Each alert of deploy/prometheus/alerts.yml against input series (tests/deploy/alerts_test.yml).
     result = subprocess.run([find_tool("promtool"), "test", "rules", str(ALERT_TESTS)],

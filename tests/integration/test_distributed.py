@@ -8,7 +8,6 @@ own database, queue prefix and ports.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from sqlalchemy import text
 
 from rstar_cli.launcher import StackSpec, metrics_port, spawn_service, spawn_worker, start_stack, stop_stack, wait_healthy
 from rstar_store import Store
-from tools import find_tool
+from tools import find_tool, free_port, needs
 
 pytestmark = pytest.mark.slow
 
@@ -151,12 +150,6 @@ def test_both_executor_replicas_serve(searched):
     assert len(counts) == 2 and all(c > 0 for c in counts), counts
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _promql(port, query):
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
     try:
@@ -167,7 +160,7 @@ def _promql(port, query):
     return body["data"]["result"]
 
 
-@pytest.mark.skipif(find_tool("prometheus") is None, reason="prometheus not available (make deploy-tools)")
+@needs("prometheus")
 def test_prometheus_scrapes_the_stack_and_the_dashboard_queries_answer(searched, tmp_path):
     stack = searched
     # deploy/prometheus/local.yml as it is, pointed at this stack's run directory.
@@ -176,7 +169,7 @@ def test_prometheus_scrapes_the_stack_and_the_dashboard_queries_answer(searched,
     config["scrape_configs"][0]["file_sd_configs"][0]["files"] = [str(stack.run_dir / "prometheus-targets.json")]
     config["rule_files"] = [str(REPO / "deploy/prometheus" / name) for name in config["rule_files"]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     with (tmp_path / "prometheus.log").open("wb") as log:
         prometheus = subprocess.Popen(
             [find_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",

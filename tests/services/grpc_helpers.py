@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rstar_rpc import RpcService, ServerSettings, create_server
+from tools import free_port  # noqa: F401  (the service tests take it from here)
 
 
 async def start_server(service: RpcService, backend=None, *, port: int = 0) -> tuple[grpc.aio.Server, str]:
@@ -22,12 +21,6 @@ async def start_server(service: RpcService, backend=None, *, port: int = 0) -> t
 
 def _kind(service: RpcService) -> str:
     return service.name.removeprefix("rstar.v1.").removesuffix("Service").lower()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def health(address: str, service: str = "") -> str:
