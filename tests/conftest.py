@@ -22,7 +22,7 @@ def model_dir() -> str:
     override = os.environ.get("RSTAR_TEST_MODEL_DIR")
     if override:
         return override
-    from rstar_policy.model_store import prepare_model
+    from rstar_models.store import prepare_model
 
     return str(prepare_model())
 

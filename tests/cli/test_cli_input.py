@@ -86,3 +86,62 @@ def test_status_of_unknown_run_and_unreachable_database(tmp_path, capsys, monkey
     monkeypatch.setenv("RSTAR_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/rstar_no_such_db")
     code, err = _run(capsys, "status", "nope")
     assert code == 2 and "cannot use the database" in err[0] and "rstar_no_such_db" in err[0]
+
+
+def test_recipe_name_wins_over_a_directory_of_that_name(tmp_path, capsys, monkeypatch):
+    # As in the repository root, where `bench/` exists beside the `bench` recipe.
+    (tmp_path / "bench").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(capsys, "solve", "What is 1+1?", "--config", "bench", "--rollouts", "0")
+    # The recipe was read: its validation, not the directory, stopped the command.
+    assert code == 2 and len(err) == 1
+    assert "configs/bench.yaml: rollouts must be a positive integer" in err[0]
+
+
+@pytest.mark.parametrize("config,expected", [
+    ("no-such-recipe", "unknown config 'no-such-recipe': give a recipe name (bench,"),
+    ("{tmp}/dir.yaml", "is a directory, not a YAML file"),
+])
+def test_bad_config_is_one_line(tmp_path, capsys, config, expected):
+    (tmp_path / "dir.yaml").mkdir()
+    code, err = _run(capsys, "solve", "q?", "--config", config.format(tmp=tmp_path))
+    assert code == 2 and len(err) == 1 and expected in err[0]
+
+
+def test_problem_file_that_is_a_directory_is_one_line(tmp_path, capsys):
+    code, err = _run(capsys, "solve", "--file", str(tmp_path))
+    assert code == 2 and len(err) == 1 and "is a directory, not a problem file" in err[0]
+
+
+@pytest.mark.parametrize("name,text", [
+    ("p.jsonl", '{"question": "1+1?", "answer": "2", "id": "a"}\n'),
+    ("p.json", '[{"question": "1+1?", "answer": "2", "id": "a"}]'),
+])
+def test_problem_file_with_a_utf8_bom_is_read(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # as spreadsheet and Windows tools save
+    [problem] = load_problems(path)
+    assert (problem.question, problem.answer, problem.id) == ("1+1?", "2", "a")
+
+
+def test_enqueue_says_how_many_duplicates_it_merged(tmp_path, capsys, monkeypatch):
+    from rstar_store import migrate
+    from rstar_worker.app import app
+
+    url = f"sqlite:///{tmp_path}/rstar.db"
+    migrate(url)
+    monkeypatch.setenv("RSTAR_DATABASE_URL", url)
+    published = []
+    # Keep the test off the shared broker: record what would be sent.
+    monkeypatch.setattr(app, "send_task", lambda name, args, **kw: published.append(args))
+    (tmp_path / "bench").mkdir()  # the recipe still wins (the README's example)
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, ['{"question": "1+1?", "answer": "2", "id": "a"}'] * 2)
+
+    code = main(["enqueue", path, "--run", "r", "--config", "bench"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert ("2 problems (1 duplicate id merged: identical records count once), 1 new task, "
+            "1 published") in out
+    assert len(published) == 1

@@ -151,3 +151,38 @@ def test_broker_config_matches_the_compose_one():
     compose_conf = settings((REPO / "deploy/rabbitmq/rabbitmq.conf").read_text())
     k8s_conf = settings(_find("ConfigMap", "rabbitmq-config")["data"]["20-rstar.conf"])
     assert k8s_conf == compose_conf
+
+
+def test_network_policy_lets_only_workers_reach_the_executors_grpc_port():
+    executor = _find("Deployment", "executor")
+    worker = _find("Deployment", "worker")
+    policy = _find("NetworkPolicy", "executor")["spec"]
+    pod_labels = executor["spec"]["template"]["metadata"]["labels"]
+    # It selects the executor pods (and only them: every label it asks for is theirs).
+    selector = policy["podSelector"]["matchLabels"]
+    assert selector and selector.items() <= pod_labels.items()
+    assert selector.items() <= _find("Service", "executor")["spec"]["selector"].items()
+    assert not selector.items() <= worker["spec"]["template"]["metadata"]["labels"].items()
+    assert "Ingress" in policy["policyTypes"]
+
+    grpc_port, metrics_port = GRPC_SERVICES["executor"], 9103
+    worker_labels = worker["spec"]["template"]["metadata"]["labels"]
+    for rule in policy["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        sources = rule.get("from")
+        assert ports, "a rule without ports opens every port"
+        assert sources, "a rule without sources admits everyone"
+        if grpc_port in ports:
+            assert ports == {grpc_port}
+            # Worker pods of this namespace only: no namespaceSelector, no ipBlock.
+            assert len(sources) == 1 and set(sources[0]) == {"podSelector"}
+            wanted = sources[0]["podSelector"]["matchLabels"]
+            assert wanted and wanted.items() <= worker_labels.items()
+            assert not wanted.items() <= pod_labels.items()
+        else:
+            # Anything else reaches the metrics port only, and only from Prometheus pods.
+            assert ports == {metrics_port}
+            for source in sources:
+                assert "ipBlock" not in source
+                assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert any(grpc_port in {p["port"] for p in r["ports"]} for r in policy["ingress"])

@@ -209,11 +209,13 @@ def test_environment_is_scrubbed(monkeypatch):
     assert env["PYTHONHASHSEED"] == "0"
 
 
-def test_cwd_is_a_private_temp_dir_removed_afterwards(executor):
-    result = run(executor, "import os\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd())")
-    workdir = result.stdout.strip()
-    assert result.ok and workdir != os.getcwd()
-    assert not os.path.exists(workdir)
+def test_cwd_is_a_private_temp_dir_whose_files_are_gone_afterwards(executor):
+    # The cwd is the execution's private /tmp or, without one, a temp dir removed afterwards.
+    result = run(executor, "import os\nopen('scratch.txt', 'w').write('x')\n"
+                           "print(os.path.abspath('scratch.txt'))")
+    scratch = result.stdout.strip()
+    assert result.ok and os.path.dirname(scratch) != os.getcwd()
+    assert not os.path.exists(scratch)
 
 
 def test_big_file_hits_the_file_size_limit(executor):
@@ -265,6 +267,7 @@ def test_other_signal_is_killed(executor):
     ("memory_mb", 0), ("cpu_s", 1.5), ("wall_s", 0), ("wall_s", math.inf),
     ("max_output_bytes", -1), ("max_processes", True), ("pool_size", 0),
     ("isolate_network", "yes"), ("preload_modules", ["sympy"]), ("preload_modules", ("a b",)),
+    ("tmpfs_mb", 0), ("isolate_filesystem", 1),
 ])
 def test_bad_settings_raise_value_error_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):

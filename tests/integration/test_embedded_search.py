@@ -15,8 +15,8 @@ from rstar_cli.main import DEMO_PROBLEMS
 from rstar_core.types import Problem, Tree
 from rstar_executor import SandboxExecutor
 from rstar_policy.engine import EngineSettings, VLLMPolicy
-from rstar_policy.hardware import preferred_dtype
-from rstar_policy.model_store import model_version
+from rstar_models.hardware import preferred_dtype
+from rstar_models.store import model_version
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rstar_core.ports import RewardModel, ScoringItem
-from rstar_policy.hardware import preferred_dtype
+from rstar_models.hardware import preferred_dtype
 from rstar_reward import (
     MANIFEST_FILE,
     VALUE_HEAD_FILE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rstar_policy.hardware import cpu_flags, cpu_has_fast_bf16, preferred_dtype
+from rstar_models.hardware import cpu_flags, cpu_has_fast_bf16, preferred_dtype
 
 AVX2_HOST = """processor\t: 0
 model name\t: AMD EPYC
@@ -21,7 +21,7 @@ def test_cpu_flags_reads_x86_flags_and_arm_features():
 
 
 @pytest.mark.parametrize("cpuinfo, fast", [
-    (AVX2_HOST, False),  # bf16 emulated: float32 is ~4x faster (measured, rstar_policy.hardware)
+    (AVX2_HOST, False),  # bf16 emulated: float32 is ~4x faster (measured, rstar_models.hardware)
     (ZEN4_HOST, True),
     (ARM_HOST, True),
     ("", True),  # flags unknown (not Linux): keep bf16 as the models are stored

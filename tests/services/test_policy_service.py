@@ -11,7 +11,7 @@ from grpc_helpers import handled, health, start_server
 from rstar_core.ports import GenerationRequest, PolicyModel
 from rstar_core.steps import get_format
 from rstar_policy.engine import EngineSettings, VLLMPolicy
-from rstar_policy.model_store import model_version
+from rstar_models.store import model_version
 from rstar_policy.service import PolicyService
 from rstar_rpc import ClientSettings, GrpcPolicyClient
 from rstar_rpc.gen.rstar.v1 import policy_pb2, policy_pb2_grpc

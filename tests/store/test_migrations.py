@@ -16,7 +16,8 @@ from rstar_store import create_engine_from_url, migrate
 from rstar_store.db import alembic_config, database_url
 from rstar_store.models import Base
 
-TABLES = {"runs", "batches", "problems", "search_tasks", "search_results", "trajectories", "model_versions"}
+TABLES = {"runs", "batches", "problems", "search_tasks", "search_results", "trajectories", "model_versions",
+          "model_promotions", "evolve_steps"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

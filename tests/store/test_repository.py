@@ -119,6 +119,17 @@ def test_duplicate_ids_in_one_batch(store):
         store.add_batch("r1", 1, 0, clash, CONFIG)
 
 
+def test_merged_duplicates_are_counted(store):
+    store.get_or_create_run("r1")
+    # p0 three times, an anonymous question twice: three records merged into earlier ones.
+    items = [*problems(2), *problems(1), *problems(1), Problem("no id?", "1"), Problem("no id?", "1")]
+    out = store.add_batch("r1", 1, 0, items, CONFIG)
+    assert out.merged_duplicates == 3
+    assert len(out.task_ids) == 6 and len(out.new_task_ids) == 3
+    # Counted within one call: records already in the run are not duplicates of this call.
+    assert store.add_batch("r1", 1, 0, problems(2), CONFIG).merged_duplicates == 0
+
+
 def test_reenqueue_is_idempotent(store):
     first = enqueue(store, problems(3))
 

@@ -37,7 +37,7 @@ class EmbeddedSettings:
     # Embedded runs are often one-off questions: skip compilation unless asked
     # (RSTAR_ENFORCE_EAGER=0 compiles: about a minute more start-up, faster steps).
     enforce_eager: bool = True
-    # Policy compute type; None = bf16, or float32 on CPUs without AVX-512 (rstar_policy.hardware).
+    # Policy compute type; None = bf16, or float32 on CPUs without AVX-512 (rstar_models.hardware).
     policy_dtype: str | None = None
 
     @classmethod
@@ -70,7 +70,7 @@ class Runtime:
 async def embedded_runtime(config: SearchConfig, settings: EmbeddedSettings | None = None) -> AsyncIterator[Runtime]:
     from rstar_executor import SandboxExecutor
     from rstar_policy.engine import EngineSettings, VLLMPolicy
-    from rstar_policy.model_store import prepare_model
+    from rstar_models.store import prepare_model
 
     settings = settings or EmbeddedSettings.from_env()
     model_dir = settings.model if settings.model else str(prepare_model(cache_dir=settings.model_cache or None))

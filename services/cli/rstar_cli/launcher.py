@@ -1,6 +1,7 @@
 """`rstar up` / `rstar down`: the compose stack as local processes (no Docker needed).
 
-Starts the executor, reward and policy gRPC services and Celery search workers against
+Starts the executor, reward and policy gRPC services, Celery search workers and trainer
+workers (the `train` queue) against
 the RabbitMQ and PostgreSQL already running on this machine, with one log file per
 process under a run directory, and waits until every service reports SERVING on gRPC
 health. `rstar down` stops what `rstar up` started (SIGTERM to each process group, then
@@ -8,6 +9,11 @@ SIGKILL after a grace period). The wiring the CLI needs (`RSTAR_DATABASE_URL`,
 `RSTAR_BROKER_URL`) is written to `<run-dir>/env` so a shell can `source` it, and the
 services' metrics endpoints to `<run-dir>/prometheus-targets.json` (Prometheus file-based
 discovery; deploy/prometheus/local.yml reads it).
+
+`roll_service` rolls a running stack's service onto another model version (what
+`rstar models promote` does): replica by replica, SIGTERM (the service drains its calls),
+start it again with the new environment, wait until it is SERVING. The new environment is
+kept in `<run-dir>/stack.json`, so later restarts keep the version.
 
 Not here: supervision/restarts (use compose or Kubernetes for that).
 """
@@ -21,11 +27,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["StackSpec", "prometheus_targets", "spawn_service", "spawn_worker", "start_stack", "stop_stack",
-           "wait_healthy"]
+__all__ = ["StackSpec", "prometheus_targets", "roll_service", "spawn_service", "spawn_trainer", "spawn_worker", "start_stack",
+           "stop_stack", "wait_healthy"]
 
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/rstar"
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
@@ -42,6 +49,8 @@ class StackSpec:
     worker_concurrency: int = 16
     executors: int = 1
     with_reward: bool = True
+    # Trainer workers on the `train` queue (`python -m rstar_trainer`, one job at a time).
+    trainers: int = 0
     base_port: int = 50051
     # Extra environment for every process (tests set model paths, queue prefixes, ...).
     env: dict[str, str] = field(default_factory=dict)
@@ -100,25 +109,46 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], run_dir: Path) -> su
 
 def spawn_service(spec: StackSpec, service: str, replica: int = 0) -> subprocess.Popen:
     """Start (or restart) one replica of a gRPC service on its fixed port."""
-    port = _ports(spec)[service][replica]
-    env = {**os.environ, **stack_env(spec)}
+    return _spawn_replica(spec.run_dir, service, replica, _ports(spec)[service][replica], _current_env(spec))
+
+
+def _spawn_replica(run_dir: Path, service: str, replica: int, port: int, stack: Mapping[str, str]) -> subprocess.Popen:
+    env = {**os.environ, **stack}
     env[f"RSTAR_{service.upper()}_PORT"] = str(port)
     env[f"RSTAR_{service.upper()}_METRICS_PORT"] = str(metrics_port(port))
     name = f"{service}-{replica}"
-    proc = _spawn(name, [sys.executable, "-m", f"rstar_{service}.service"], env, spec.run_dir)
-    _record_pid(spec.run_dir, name, proc.pid)
+    proc = _spawn(name, [sys.executable, "-m", f"rstar_{service}.service"], env, run_dir)
+    _record_pid(run_dir, name, proc.pid)
     return proc
+
+
+def _current_env(spec: StackSpec) -> dict[str, str]:
+    """The stack's environment as last written to its state: a roll-out may have changed it."""
+    path = spec.run_dir / STATE_FILE
+    if path.exists():
+        return json.loads(path.read_text()).get("env", stack_env(spec))
+    return stack_env(spec)
 
 
 def spawn_worker(spec: StackSpec, index: int = 0) -> subprocess.Popen:
     """Start (or restart) one Celery worker process running `worker_concurrency` searches."""
-    env = {**os.environ, **stack_env(spec)}
+    env = {**os.environ, **_current_env(spec)}
     prefix = env.get("RSTAR_QUEUE_PREFIX", "")
     argv = [sys.executable, "-m", "celery", "-A", "rstar_worker.app", "worker", "-P", "threads",
             "-Q", f"{prefix}search,{prefix}eval", "-c", str(spec.worker_concurrency),
             "--prefetch-multiplier", "1", "-n", f"worker{index}.{os.getpid()}@%h", "--loglevel", "INFO"]
     name = f"worker-{index}"
     proc = _spawn(name, argv, env, spec.run_dir)
+    _record_pid(spec.run_dir, name, proc.pid)
+    return proc
+
+
+def spawn_trainer(spec: StackSpec, index: int = 0) -> subprocess.Popen:
+    """Start (or restart) one trainer worker: the `train` queue, one training job at a time."""
+    env = {**os.environ, **_current_env(spec)}
+    name = f"trainer-{index}"
+    env.setdefault("RSTAR_TRAINER_NAME", f"trainer{index}.{os.getpid()}@{os.uname().nodename}")
+    proc = _spawn(name, [sys.executable, "-m", "rstar_trainer"], env, spec.run_dir)
     _record_pid(spec.run_dir, name, proc.pid)
     return proc
 
@@ -155,30 +185,41 @@ def start_stack(spec: StackSpec) -> dict[str, int]:
     ensure_database(spec.database_url)
     state = {"pids": {}, "env": stack_env(spec), "ports": _ports(spec)}
     (spec.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
-    (spec.run_dir / "env").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in stack_env(spec).items()))
+    _write_env_file(spec.run_dir, stack_env(spec))
     (spec.run_dir / TARGETS_FILE).write_text(json.dumps(prometheus_targets(spec), indent=2))
     for service in _services(spec):
         for replica in range(len(_ports(spec)[service])):
             spawn_service(spec, service, replica)
     for index in range(spec.workers):
         spawn_worker(spec, index)
+    for index in range(spec.trainers):
+        spawn_trainer(spec, index)
     return json.loads((spec.run_dir / STATE_FILE).read_text())["pids"]
+
+
+def _write_env_file(run_dir: Path, env: Mapping[str, str]) -> None:
+    (run_dir / "env").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
 
 
 def wait_healthy(spec: StackSpec, timeout_s: float = 600.0) -> None:
     """Block until every gRPC service is SERVING; raise with the log tail if one dies."""
+    state = json.loads((spec.run_dir / STATE_FILE).read_text())
+    targets = {f"{svc}-{i}": (state["pids"][f"{svc}-{i}"], port) for svc, ports in state["ports"].items()
+               for i, port in enumerate(ports) if f"{svc}-{i}" in state["pids"]}
+    _wait_serving(spec.run_dir, targets, timeout_s)
+
+
+def _wait_serving(run_dir: Path, targets: Mapping[str, tuple[int, int]], timeout_s: float) -> None:
+    """Wait until every `name: (pid, port)` answers SERVING on gRPC health."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    state = json.loads((spec.run_dir / STATE_FILE).read_text())
-    targets = {f"{svc}-{i}": port for svc, ports in state["ports"].items() for i, port in enumerate(ports)
-               if f"{svc}-{i}" in state["pids"]}
     deadline = time.monotonic() + timeout_s
-    waiting = dict(targets)
+    waiting = {name: port for name, (_pid, port) in targets.items()}
     while waiting:
         for name, port in list(waiting.items()):
-            if not _alive(state["pids"][name]):
-                tail = (spec.run_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+            if not _alive(targets[name][0]):
+                tail = (run_dir / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{name} exited during start-up; log tail:\n{tail}")
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 try:
@@ -210,19 +251,54 @@ def stop_stack(run_dir: Path, grace_s: float = 30.0) -> list[str]:
     if not path.exists():
         return []
     pids = json.loads(path.read_text())["pids"]
-    for pid in pids.values():
+    _stop_groups(list(pids.values()), grace_s)
+    path.unlink()
+    return sorted(pids)
+
+
+def roll_service(run_dir: Path, service: str, env_updates: Mapping[str, str], *, grace_s: float = 30.0,
+                 timeout_s: float = 600.0) -> bool:
+    """Restart each replica of `service` in the stack of `run_dir` with `env_updates`, one after another.
+
+    Each replica gets SIGTERM (it turns NOT_SERVING and drains its calls; SIGKILL after
+    `grace_s`), starts again on its port with the updated environment and must answer
+    SERVING within `timeout_s` before the next one goes; with several replicas the others
+    keep serving meanwhile. Returns False, changing nothing, when no stack runs in
+    `run_dir` or it runs no replica of `service`. Raises RuntimeError (with the log tail)
+    or TimeoutError when a new replica does not come up.
+    """
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        return False
+    state = json.loads(path.read_text())
+    replicas = [(i, port) for i, port in enumerate(state["ports"].get(service, []))
+                if f"{service}-{i}" in state["pids"]]
+    if not any(_alive(state["pids"][f"{service}-{i}"]) for i, _ in replicas):
+        return False
+    state["env"].update(env_updates)
+    path.write_text(json.dumps(state, indent=2))
+    _write_env_file(run_dir, state["env"])
+    for i, port in replicas:
+        name = f"{service}-{i}"
+        _stop_groups([state["pids"][name]], grace_s)
+        proc = _spawn_replica(run_dir, service, i, port, state["env"])
+        _wait_serving(run_dir, {name: (proc.pid, port)}, timeout_s)
+    return True
+
+
+def _stop_groups(pids: list[int], grace_s: float) -> None:
+    """SIGTERM every process group, SIGKILL what is left after `grace_s`, wait until all are gone."""
+    for pid in pids:
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    for pid in pids.values():
+    for pid in pids:
         _signal_group(pid, signal.SIGKILL)
     # Wait until every process of every group is gone (engine children hold GBs of memory).
     deadline = time.monotonic() + 10.0
-    while any(_group_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+    while any(_group_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    path.unlink()
-    return sorted(pids)
 
 
 def _group_alive(pgid: int) -> bool:

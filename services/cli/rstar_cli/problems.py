@@ -2,7 +2,10 @@
 
 Every record needs a non-empty string `question`; `answer` (string, number or list) and
 `id` are optional. The whole file is checked before any work starts, and the first bad
-record is reported by line (JSONL) or index (JSON array) and field.
+record is reported by line (JSONL) or index (JSON array) and field. A UTF-8 byte-order mark
+at the start of the file is accepted and dropped.
+
+Not here: merging records with the same id (the store does that when a batch is added).
 """
 
 from __future__ import annotations
@@ -34,9 +37,14 @@ def problem_from_record(record: Any, where: str) -> Problem:
 def load_problems(path: str | Path, *, limit: int | None = None) -> list[Problem]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: spreadsheet and Windows tools start their UTF-8 exports with a BOM.
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a problem file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
     problems: list[Problem] = []

@@ -8,17 +8,22 @@ nothing from this package.
 
 Once per worker (the expensive part, paid at startup): become a child subreaper, enter a new
 empty network namespace (children inherit it), look up nobody's uid/gid, compile the seccomp
-filter, import the preload modules, gc.freeze() so children do not copy-on-write the heap.
+filter, import the preload modules, enter a private mount namespace in which every mount is
+remounted read-only (children inherit it), gc.freeze() so children do not copy-on-write the
+heap.
 
-Once per execution, ahead of time: create a fresh temp dir and fork the next child while the
-worker is idle. The child calls setsid, redirects stdin/stdout/stderr, closes every other
-inherited fd, chdirs into the temp dir, sets rlimits, drops to nobody, arms PDEATHSIG, sets
-no_new_privs, loads the seccomp filter, and then blocks reading its code from a pipe. So a
-request only pays for handing over the code: fork and jailing (1-3 ms with sympy loaded)
-are off the critical path. The child exec()s the code in a fresh ``__main__``, writes a final
-record and exits. The worker enforces the wall deadline and the output cap, kills the
-child's whole process group, removes the temp dir and reports; a group that was killed or
-timed out is fully reaped before the report, a child that finished normally is reaped later.
+Once per execution, ahead of time: fork the next child while the worker is idle. The child
+calls setsid, redirects stdin/stdout/stderr, closes every other inherited fd, enters a mount
+namespace of its own with one fresh size-limited tmpfs on /tmp, /var/tmp and /dev/shm (or,
+where mount namespaces are not permitted, gets a fresh temp dir the worker created), chdirs
+into its temp dir, sets rlimits, drops to nobody, arms PDEATHSIG, sets no_new_privs, loads
+the seccomp filter, and then blocks reading its code from a pipe. So a request only pays
+for handing over the code: fork and jailing (1-3 ms with sympy loaded) are off the critical
+path. The child exec()s the code in a fresh ``__main__``, writes a final record and exits.
+The worker enforces the wall deadline and the output cap, kills the child's whole process
+group, removes the temp dir it made (a tmpfs goes away with the child's namespace once its
+last process is gone) and reports; a group that was killed or timed out is fully reaped
+before the report, a child that finished normally is reaped later.
 
 Protocol on the socket: length-prefixed (4-byte big-endian) UTF-8 JSON frames.
   worker -> {"event": "ready", ...isolation facts...}                  once, at startup
@@ -45,6 +50,7 @@ import json
 import linecache
 import os
 import pwd
+import re
 import resource
 import select
 import shutil
@@ -72,7 +78,16 @@ _PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_MODE_FILTER = 2
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWNS = 0x00020000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 8192, 16384, 1 << 18
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT = 1, 2, 4, 8, 32
+_MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = 4096, 8192, 16384, 1 << 18
+# Per-mount flags a read-only bind remount must repeat, or it would clear them.
+_MOUNT_OPTION_FLAGS = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC}
+# The world-writable places each execution gets privately, in this order: the first one
+# present is also the code's cwd, HOME and TMPDIR.
+_PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# Files (and directories) the private tmpfs may hold: empty files take no space, so without
+# this the code could pin kernel memory with millions of inodes under any size limit.
+_TMPFS_INODES = 16384
 
 # Before exiting, the child writes its final record "<status> <kind> <cpu_s>\n<message>"
 # (kind: ok, error, memory, exit, setup) to fd 3. The code under test can write there too,
@@ -203,6 +218,8 @@ class Worker:
             (resource.RLIMIT_CORE, 0, 0),
         )
         self.warnings: list[str] = []
+        # Whether this worker already left the caller's mount namespace.
+        self.mount_ns = False
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.pid = os.getpid()
         # Process groups (= pids of their leaders) killed but not yet seen gone.
@@ -248,6 +265,14 @@ class Worker:
                 self.preloaded.append(name)
             except ImportError:
                 pass  # optional: the code imports it itself if it can
+
+        # Last: the imports above may still have wanted to write somewhere.
+        self.private_tmp: tuple[str, ...] = ()
+        self.tmpfs_options = (f"size={config['tmpfs_bytes']},nr_inodes={_TMPFS_INODES},"
+                              "mode=0755")
+        self.read_only = False
+        if config["isolate_filesystem"]:
+            self._isolate_filesystem()
         # Everything allocated so far lives in the permanent generation: the children's
         # collections then do not touch (and copy) these pages.
         gc.freeze()
@@ -271,13 +296,59 @@ class Worker:
                 covers.setdefault(closed, []).append(path)
         try:
             if covers:
-                _mount_in_private_namespace(covers, self.base_dir)
+                self._enter_mount_namespace()
+                _cover_with_import_paths(covers, self.base_dir)
         except OSError as exc:
             self.warnings.append(f"could not re-expose import paths ({exc})")
         still = [p for p in hidden if not _world_readable(p)]
         if still:
             self.warnings.append(f"nobody cannot read {', '.join(still)}: code can import "
                                  "only built-in and preloaded modules from there")
+
+    def _enter_mount_namespace(self) -> None:
+        """Leave the caller's mount namespace (once); raises OSError where not permitted."""
+        if self.mount_ns:
+            return
+        if _LIBC.unshare(_CLONE_NEWNS) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+        # Keep our mounts (and those of the children, which copy ours) out of the caller's
+        # namespace.
+        _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+        self.mount_ns = True
+
+    def _isolate_filesystem(self) -> None:
+        """Make every mount read-only for this worker and its children, and check that a
+        child can cover the temp dirs with its own tmpfs; warn about what did not work."""
+        try:
+            self._enter_mount_namespace()
+        except OSError as exc:
+            self.warnings.append(
+                f"no private mount namespace ({exc}): code shares /tmp, /var/tmp and /dev/shm "
+                "with the host and can write wherever its uid may")
+            return
+        failed = _remount_read_only()
+        self.read_only = not failed
+        if failed:
+            self.warnings.append(f"could not make {', '.join(failed)} read-only: code can "
+                                 "write there wherever its uid may")
+        targets = tuple(dict.fromkeys(
+            os.path.realpath(d) for d in _PRIVATE_TMP_DIRS if os.path.isdir(d)))
+        # A throwaway child tries what every child will do, so that a refused mount shows up
+        # here once instead of failing every execution.
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _mount_private_tmp(self.base_dir, targets, self.tmpfs_options)
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and targets:
+            self.private_tmp = targets
+        else:
+            self.warnings.append("could not mount a private tmpfs: code shares /tmp, "
+                                 "/var/tmp and /dev/shm with the host")
 
     # -- protocol -----------------------------------------------------------------------
 
@@ -305,7 +376,8 @@ class Worker:
         child = self._prepare()
         self.send({"event": "ready", "pid": self.pid, "network_isolated": self.network_isolated,
                    "privileges_dropped": self.ids is not None,
-                   "seccomp": self.seccomp is not None, "preloaded": self.preloaded,
+                   "seccomp": self.seccomp is not None, "private_tmp": bool(self.private_tmp),
+                   "read_only_fs": self.read_only, "preloaded": self.preloaded,
                    "warnings": self.warnings})
         while True:
             self._settle_until_request()
@@ -342,9 +414,13 @@ class Worker:
 
     def _prepare(self) -> _Child:
         """Fork a child that jails itself and then blocks reading its code."""
-        workdir = tempfile.mkdtemp(dir=self.base_dir)
-        if self.ids is not None:
-            os.chown(workdir, *self.ids)
+        if self.private_tmp:
+            # The child's own tmpfs, which goes away with it: nothing to create or remove.
+            workdir, scratch = self.private_tmp[0], None
+        else:
+            workdir = scratch = tempfile.mkdtemp(dir=self.base_dir)
+            if self.ids is not None:
+                os.chown(workdir, *self.ids)
         code_r, code_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -354,7 +430,7 @@ class Worker:
             self._jail_and_run(workdir, code_r, out_w, err_w, rep_w)  # never returns
         for fd in (code_r, out_w, err_w, rep_w):
             os.close(fd)
-        return _Child(pid, workdir, code_w, out_r, err_r, rep_r)
+        return _Child(pid, scratch, code_w, out_r, err_r, rep_r)
 
     def _execute(self, child: _Child, code: str, wall_s: float) -> tuple[dict, _Child]:
         """Hand the code to the prepared child and supervise it; returns the report and
@@ -390,6 +466,8 @@ class Worker:
         except BaseException:
             os._exit(_SETUP_FAILED_EXIT)  # no record: fd 3 may not be the report pipe yet
         try:
+            if self.private_tmp:
+                _mount_private_tmp(self.base_dir, self.private_tmp, self.tmpfs_options)
             os.chdir(workdir)
             for limit, soft, hard in self.rlimits:
                 resource.setrlimit(limit, (soft, hard))
@@ -439,10 +517,11 @@ class Worker:
 class _Child:
     """Worker-side handle of one forked child, from prepared to reaped."""
 
-    def __init__(self, pid: int, workdir: str, code_w: int, out_r: int, err_r: int,
+    def __init__(self, pid: int, scratch: str | None, code_w: int, out_r: int, err_r: int,
                  rep_r: int) -> None:
         self.pid = pid
-        self.workdir = workdir
+        # The temp dir to remove once the child is done (None: it lives in the child's tmpfs).
+        self.scratch = scratch
         self.code_w = code_w
         self.out_r, self.err_r, self.rep_r = out_r, err_r, rep_r
         self.pidfd = os.pidfd_open(pid)
@@ -520,7 +599,7 @@ class _Child:
             self.reap()
         else:
             self._close_fds()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._remove_scratch()
 
         exit_code = signum = None
         if self.wait_status is not None:
@@ -568,7 +647,11 @@ class _Child:
             if time.monotonic() >= give_up:
                 break
             time.sleep(0.001)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _close_fds(self) -> None:
         for name in ("code_w", "out_r", "err_r", "rep_r", "pidfd"):
@@ -676,12 +759,9 @@ def _closed_ancestor(path: str) -> str | None:
     return None
 
 
-def _mount_in_private_namespace(covers: dict[str, list[str]], staging_root: str) -> None:
-    """Cover each closed directory with a tmpfs and move its import paths back on top."""
-    if _LIBC.unshare(_CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-    # Keep our mounts out of the caller's namespace.
-    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+def _cover_with_import_paths(covers: dict[str, list[str]], staging_root: str) -> None:
+    """Cover each closed directory with a tmpfs and move its import paths back on top
+    (in the worker's private mount namespace)."""
     for closed, paths in covers.items():
         # Outermost paths only: a bind brings its subdirectories along.
         paths = [p for p in paths if not any(p.startswith(q + os.sep) for q in paths)]
@@ -695,6 +775,51 @@ def _mount_in_private_namespace(covers: dict[str, list[str]], staging_root: str)
             os.makedirs(path, exist_ok=True)
             _mount(stage, path, None, _MS_MOVE)
             os.rmdir(stage)
+
+
+def _remount_read_only() -> list[str]:
+    """Bind-remount every mount point of this (private) namespace read-only, keeping its
+    nosuid/nodev/noexec; returns the mount points that refused."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        lines = mountinfo.read().splitlines()
+    # Mount point -> per-mount options of the last mount there, the one paths resolve to.
+    tops: dict[str, list[str]] = {}
+    for line in lines:
+        fields = line.split(" ")
+        # Spaces and the like in a mount point are octal escapes (\040).
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        tops[point] = fields[5].split(",")
+    failed = []
+    for point, options in tops.items():
+        if "ro" in options:
+            continue
+        flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY
+        for option in options:
+            flags |= _MOUNT_OPTION_FLAGS.get(option, 0)
+        try:
+            _mount(None, point, None, flags)
+        except OSError as exc:
+            # EINVAL, ENOENT: covered by a later mount (which gets its own turn), unreachable.
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                failed.append(point)
+    return failed
+
+
+def _mount_private_tmp(staging: str, targets: tuple[str, ...], options: str) -> None:
+    """In a new mount namespace of the calling child: one fresh tmpfs with a subdirectory
+    (mode 1777) bound on each target. One tmpfs, so `options`' size bounds them together."""
+    if _LIBC.unshare(_CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+    _mount("tmpfs", staging, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, options)
+    # Relative sources resolve from the cwd, which stays in the new tmpfs even once a
+    # target that contains `staging` (/tmp, usually) is covered.
+    os.chdir(staging)
+    for index, target in enumerate(targets):
+        name = str(index)
+        os.mkdir(name)
+        os.chmod(name, 0o1777)
+        _mount(name, target, None, _MS_BIND)
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,

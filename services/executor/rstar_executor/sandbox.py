@@ -28,8 +28,17 @@ Covered here, all on by default (each can degrade, see below; `ExecutionResult.e
   killed and the status is OUTPUT_LIMIT.
 - Environment: a fixed minimal environment (PATH, locale, PYTHONHASHSEED=0, BLAS/OpenMP
   threads = 1); nothing of the caller's environment is passed on.
-- Files: a fresh temp dir (mode 0700, owned by nobody) is the cwd, HOME and TMPDIR and is
-  removed after the execution; every inherited fd except stdin/stdout/stderr is closed.
+- Files: every execution gets its own mount namespace with one fresh tmpfs (`tmpfs_mb`,
+  16384 inodes, nosuid/nodev/noexec) bound on /tmp, /var/tmp and /dev/shm; /tmp is the
+  cwd, HOME and TMPDIR. What the code (or anything it spawns) writes there is invisible to
+  the host and to every other execution, concurrent or next, and is gone when its last
+  process is. Every other mount is bind-remounted read-only (keeping nosuid/nodev/noexec),
+  so a write anywhere else fails with EROFS, whatever the permissions. Needs CAP_SYS_ADMIN
+  (root) and a security policy that permits mount() (AppArmor's docker-default profile
+  does not); without them a warning is logged, `private_tmp` and
+  `read_only_fs` are False, the temp dirs and everything the uid may write are shared with
+  the host, and the cwd is instead a fresh temp dir (mode 0700, owned by nobody) removed
+  after the execution. Every inherited fd except stdin/stdout/stderr is closed.
   If the Python installation lies under a directory nobody cannot enter (pyenv in /root,
   a home directory), the worker covers that directory with an empty tmpfs in a private
   mount namespace and binds back only the import paths: imports work, the rest of that
@@ -41,16 +50,21 @@ Covered here, all on by default (each can degrade, see below; `ExecutionResult.e
 
 Not covered (the hardened container, layer 2, has to):
 - Reading the filesystem: the code can read whatever nobody can read (/etc, the Python
-  installation, world-readable files of other users) and write to world-writable places
-  (/tmp, /dev/shm), where files outlive the execution. The container's read-only root
-  filesystem and tmpfs mounts cover this.
+  installation, world-readable files of other users). Without a private mount namespace
+  (see Files) it can also write to world-writable places (/tmp, /dev/shm), where files
+  outlive the execution; the container's read-only root filesystem and tmpfs mounts cover
+  that case.
+- The tmpfs is memory that `memory_mb` does not count: each execution can hold up to
+  `memory_mb` + `tmpfs_mb`.
 - Concurrent executions run as the same uid: they share RLIMIT_NPROC and could signal one
-  another's processes or open one another's temp dirs if they guess the names.
+  another's processes (without a private /tmp, also open one another's temp dirs if they
+  guess the names).
 - Kernel exploits through the syscalls still allowed, CPU-cache and other side channels,
   memory bandwidth and disk I/O exhaustion (no cgroups here).
 - Without seccomp, code can call setsid() in a grandchild and so escape the group kill, and
   can connect to unix sockets on the filesystem. Without root, code runs as the caller's
-  user and could signal the worker.
+  user and could signal the worker. With `drop_privileges=False` and no seccomp, code runs
+  as root and could remount its filesystem read-write.
 """
 
 from __future__ import annotations
@@ -87,6 +101,9 @@ _WORKER_START_TIMEOUT_S = 60.0
 # How long past the wall deadline the parent waits for the worker's report before it
 # concludes the worker is stuck and kills it.
 _BACKSTOP_GRACE_S = 2.0
+# What a worker reports it put in force, as `isolation` and in every result's `extra`.
+_ISOLATION_KEYS = ("network_isolated", "privileges_dropped", "seccomp", "private_tmp",
+                   "read_only_fs")
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 # The whole environment the code sees (plus HOME and TMPDIR set to its temp dir).
@@ -124,11 +141,17 @@ class SandboxSettings:
     max_processes: int = 64
     max_file_bytes: int = 16 * 1024 * 1024
     max_open_files: int = 64
+    # Size of the execution's private tmpfs, shared by /tmp, /var/tmp and /dev/shm. It is
+    # memory that `memory_mb` does not count.
+    tmpfs_mb: int = 64
     # Worker processes, i.e. executions that can run at once.
     pool_size: int = field(default_factory=_default_pool_size)
     isolate_network: bool = True
     drop_privileges: bool = True
     seccomp: bool = True
+    # A private tmpfs for /tmp, /var/tmp and /dev/shm per execution, everything else
+    # mounted read-only (needs CAP_SYS_ADMIN, i.e. root).
+    isolate_filesystem: bool = True
     # Imported once per worker so that the code's own `import sympy` is free (and works
     # even where nobody cannot read the Python installation). Missing ones are skipped.
     # They cost fork and exit time (about 2 ms per execution for sympy, paid mostly off the
@@ -139,12 +162,12 @@ class SandboxSettings:
 
     def __post_init__(self) -> None:
         for name in ("memory_mb", "cpu_s", "max_output_bytes", "max_processes",
-                     "max_file_bytes", "max_open_files", "pool_size"):
+                     "max_file_bytes", "max_open_files", "tmpfs_mb", "pool_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         _check_seconds("wall_s", self.wall_s)
-        for name in ("isolate_network", "drop_privileges", "seccomp"):
+        for name in ("isolate_network", "drop_privileges", "seccomp", "isolate_filesystem"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.preload_modules, tuple) or not all(
@@ -464,13 +487,14 @@ class SandboxExecutor:
             "memory_bytes": s.memory_mb * 1024 * 1024, "cpu_s": s.cpu_s,
             "max_output_bytes": s.max_output_bytes, "max_processes": s.max_processes,
             "max_file_bytes": s.max_file_bytes, "max_open_files": s.max_open_files,
+            "tmpfs_bytes": s.tmpfs_mb * 1024 * 1024,
             "isolate_network": s.isolate_network, "drop_privileges": s.drop_privileges,
-            "seccomp": s.seccomp, "preload_modules": list(s.preload_modules),
+            "seccomp": s.seccomp, "isolate_filesystem": s.isolate_filesystem,
+            "preload_modules": list(s.preload_modules),
         }
 
     def _note_isolation(self, info: dict) -> None:
-        self._isolation = {key: info[key] for key in
-                           ("network_isolated", "privileges_dropped", "seccomp", "preloaded")}
+        self._isolation = {key: info[key] for key in _ISOLATION_KEYS + ("preloaded",)}
         for warning in info["warnings"]:
             if warning not in self._logged:  # once per executor, not once per worker
                 self._logged.add(warning)
@@ -509,8 +533,7 @@ class SandboxExecutor:
         return ExecutionResult(
             status=status, stdout=raw["stdout"], stderr=raw["stderr"], exit_code=exit_code,
             duration_s=raw["duration_s"], error=error,
-            extra={"cpu_s": raw["cpu_s"], "network_isolated": info["network_isolated"],
-                   "privileges_dropped": info["privileges_dropped"], "seccomp": info["seccomp"]})
+            extra={"cpu_s": raw["cpu_s"], **{key: info[key] for key in _ISOLATION_KEYS}})
 
 
 def _signal_name(signum: int) -> str:

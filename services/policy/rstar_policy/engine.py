@@ -16,9 +16,9 @@ runs eager; long-lived services should not. ``RSTAR_ENFORCE_EAGER=1`` skips comp
 (tests, the demo, one-off questions).
 
 Compute type: by default bf16 on GPUs and AVX-512 CPUs and float32 on other CPUs, where
-vLLM emulates bf16 about four times slower (`hardware`); ``EngineSettings.dtype`` overrides.
+vLLM emulates bf16 about four times slower (`rstar_models.hardware`); ``EngineSettings.dtype`` overrides.
 
-Not here: model preparation (`model_store`), gRPC (`service`).
+Not here: model preparation (`rstar_models.store`), gRPC (`service`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any, AsyncIterator, Mapping
 
 from rstar_core.ports import Completion, GenerationRequest
 
-from .hardware import preferred_dtype
-from .model_store import model_version
+from rstar_models.hardware import preferred_dtype
+from rstar_models.store import model_version
 
 __all__ = ["EngineSettings", "VLLMPolicy", "enforce_eager_from_env", "token_confidence"]
 

@@ -31,12 +31,12 @@ one version by rolling out between rounds.
 Environment (besides the server's, see `rstar_rpc.settings`): ``RSTAR_MAX_MODEL_LEN``
 (4096), ``RSTAR_CPU_KVCACHE_GIB`` (4), ``RSTAR_POLICY_SEED`` (engine seed, 0),
 ``RSTAR_POLICY_MAX_N`` (largest n per prompt, 64), ``RSTAR_POLICY_DTYPE`` (unset: bf16, or
-float32 on CPUs without AVX-512; see `rstar_policy.hardware`), ``RSTAR_ENFORCE_EAGER`` (default 0: the
+float32 on CPUs without AVX-512; see `rstar_models.hardware`), ``RSTAR_ENFORCE_EAGER`` (default 0: the
 model is compiled, about a minute more start-up for faster serving; 1 for a quick start),
 ``RSTAR_POLICY_REQUEST_LOG``
 (a JSONL path: log every request's prompt and sample lengths, for replay benchmarks).
 
-Not here: the engine (`rstar_policy.engine`), preparing models (`model_store`).
+Not here: the engine (`rstar_policy.engine`), preparing models (`rstar_models.store`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from rstar_core.ports import Completion, GenerationRequest
 from rstar_policy.engine import EngineSettings, VLLMPolicy, enforce_eager_from_env
-from rstar_policy.model_store import prepare_model
+from rstar_models.store import prepare_model
 from rstar_policy.recording import RecordingPolicy
 from rstar_rpc.converters import completion_to_proto, generation_request_from_proto
 from rstar_rpc.gen.rstar.v1 import policy_pb2, policy_pb2_grpc

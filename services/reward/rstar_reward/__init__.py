@@ -9,6 +9,7 @@ from .ppm import (
     ScoringStats,
     build_ppm_dir,
     pairwise_loss,
+    render_prefix,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "VALUE_HEAD_FILE",
     "build_ppm_dir",
     "pairwise_loss",
+    "render_prefix",
 ]

@@ -50,7 +50,7 @@ from transformers import (
 
 from rstar_core.ports import ScoringItem
 from rstar_core.steps import get_format
-from rstar_policy.hardware import preferred_dtype
+from rstar_models.hardware import preferred_dtype
 
 __all__ = [
     "MANIFEST_FILE",
@@ -61,6 +61,7 @@ __all__ = [
     "VALUE_HEAD_FILE",
     "build_ppm_dir",
     "pairwise_loss",
+    "render_prefix",
 ]
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,11 @@ class ProcessPreferenceModel(torch.nn.Module):
         return PPMOutput(raw=raw, score=torch.tanh(raw))
 
 
+def render_prefix(question: str, steps: Sequence[str], prompt_format: str = "sft") -> str:
+    """The text a PPM scores for (question, steps): served scoring and training both use it."""
+    return get_format(prompt_format).render_solution(question, steps)
+
+
 def _load_tokenizer(model_dir: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
@@ -352,12 +358,24 @@ class PPMRewardModel:
         model_version: str | None = None,
         **kwargs,
     ) -> PPMRewardModel:
-        """Load a PPM directory. The default version is ``ppm:<dir name>:<head digest>``.
+        """Load a PPM directory.
+
+        The default version is the one the model registry recorded in the directory's
+        ``rstar_model.json``, else ``ppm:<dir name>:<head digest>``. A manifest without a
+        kind or of kind ``policy`` (a policy's, copied along with the backbone the PPM was
+        initialised from) names the policy, not this model, and is ignored.
 
         `dtype` None computes in the fastest type of this machine (bf16, or float32 on a
-        CPU without AVX-512: `rstar_policy.hardware`).
+        CPU without AVX-512: `rstar_models.hardware`).
         """
+        from rstar_models.store import MANIFEST as REGISTRY_MANIFEST
+
         model = ProcessPreferenceModel.from_pretrained(model_dir, dtype=dtype or preferred_dtype())
+        registered = Path(model_dir) / REGISTRY_MANIFEST
+        if model_version is None and registered.is_file():
+            manifest = json.loads(registered.read_text())
+            if manifest.get("version") and manifest.get("kind") not in (None, "policy"):
+                model_version = str(manifest["version"])
         if model_version is None:
             head_bytes = (Path(model_dir) / VALUE_HEAD_FILE).read_bytes()
             digest = hashlib.sha256(head_bytes).hexdigest()[:12]
@@ -379,7 +397,7 @@ class PPMRewardModel:
 
     def render(self, item: ScoringItem) -> str:
         """The text the PPM sees for one prefix (the fine-tuned policy's prompt format)."""
-        return self._format.render_solution(item.question, item.steps)
+        return render_prefix(item.question, item.steps, self._format.name)
 
     async def score(self, items: Sequence[ScoringItem]) -> list[float]:
         if not items:

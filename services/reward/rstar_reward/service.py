@@ -60,7 +60,7 @@ class RewardServiceSettings:
 
     max_batch_size: int = 16
     batch_window_s: float = 0.005
-    # None: bf16, or float32 on a CPU without AVX-512 (rstar_policy.hardware).
+    # None: bf16, or float32 on a CPU without AVX-512 (rstar_models.hardware).
     dtype: str | None = None
     num_threads: int | None = None
 

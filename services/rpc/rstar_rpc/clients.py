@@ -18,11 +18,16 @@
   target).
 * `model_version` is the version of the last response seen; `refresh_model_version()`
   asks a replica (an empty batch) so the version is known before the first real call.
+* TLS: with `ClientSettings.tls` (``RSTAR_TLS_*``) the channel verifies the server's
+  certificate (against ``RSTAR_TLS_CA``, else the system's roots) and presents the
+  client certificate, if one is set, for servers that require mutual TLS. A failed
+  handshake is UNAVAILABLE, retried like any unreachable replica until the deadline.
 
 A client belongs to one event loop at a time; used from a new loop (sequential
 `asyncio.run` calls) it opens a new channel there.
 
-Not here: TLS, authentication, client-side batching (the servers batch concurrent calls).
+Not here: authentication beyond the client certificate, client-side batching (the
+servers batch concurrent calls).
 """
 
 from __future__ import annotations
@@ -148,7 +153,11 @@ class _GrpcClient:
             ("grpc.max_reconnect_backoff_ms", int(self.settings.max_reconnect_backoff_s * 1000)),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *self.settings.tls.channel_options(),
         ]
+        # Read once, here: a missing certificate file is an error at construction.
+        self._credentials = (self.settings.tls.channel_credentials()
+                             if self.settings.tls.enabled else None)
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stub: Any = None
@@ -163,7 +172,11 @@ class _GrpcClient:
         loop = asyncio.get_running_loop()
         if self._channel is None or self._loop is not loop:
             # An aio channel is bound to the loop that created it.
-            self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
+            else:
+                self._channel = grpc.aio.secure_channel(self._target, self._credentials,
+                                                        options=self._options)
             self._loop = loop
             self._stub = self._stub_class(self._channel)
         return self._stub

@@ -6,7 +6,10 @@ One ``grpc.health.v1.Health/Check`` call with a 3 s deadline; TARGET is what a g
 channel accepts (``localhost:50051``, ``dns:///policy:50051``). NAME defaults to ""
 (the whole server, which our servers report SERVING only once the model is loaded and
 warmed up). The status, or why there is none, goes to stdout, which Docker keeps with the
-health log.
+health log. With ``RSTAR_TLS_*`` set (see `rstar_rpc.settings`) the check speaks TLS and
+presents ``RSTAR_TLS_CERT`` as its client certificate: inside a server's container that is
+the server's own certificate, which is why the test CA's server certificates are valid
+for client authentication too (``deploy/tls/make-test-ca.sh``).
 
 Exit codes (Docker's convention): 0 SERVING; 1 anything else: NOT_SERVING, an unknown
 service name, an unreachable server or a missed deadline.
@@ -23,22 +26,31 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .settings import TlsSettings
+
 __all__ = ["check", "main"]
 
 DEFAULT_TIMEOUT_S = 3.0
 
 
-def check(target: str, service: str = "", timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
-    """The health status name of `service` at `target` (e.g. "SERVING").
+def check(target: str, service: str = "", timeout_s: float = DEFAULT_TIMEOUT_S,
+          tls: TlsSettings | None = None) -> str:
+    """The health status name of `service` at `target` (e.g. "SERVING"), over TLS when
+    `tls` is enabled.
 
-    Raises `grpc.RpcError` when the server cannot be reached, does not know `service`
-    (NOT_FOUND) or does not answer within `timeout_s`.
+    Raises `grpc.RpcError` when the server cannot be reached (a refused TLS handshake
+    included), does not know `service` (NOT_FOUND) or does not answer within `timeout_s`,
+    and ValueError for bad arguments or unreadable certificate files.
     """
     if not target.strip():
         raise ValueError("target must not be empty")
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
-    with grpc.insecure_channel(target) as channel:
+    if tls is not None and tls.enabled:
+        channel = grpc.secure_channel(target, tls.channel_credentials(), tls.channel_options())
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
@@ -52,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="deadline in seconds (3)")
     args = parser.parse_args(argv)
     try:
-        status = check(args.target, args.service, args.timeout)
+        status = check(args.target, args.service, args.timeout, TlsSettings.from_env())
     except grpc.RpcError as exc:
         print(f"{args.target}: {exc.code().name}: {exc.details()}")
+        return 1
+    except ValueError as exc:  # bad RSTAR_TLS_* settings
+        print(f"{args.target}: {exc}")
         return 1
     print(f"{args.target}: {status}")
     return 0 if status == "SERVING" else 1

@@ -11,13 +11,17 @@
   of go-grpc-prometheus, so standard dashboards work).
 * `create_server(service, settings)` binds ``host:port`` (port 0: any free port) and adds
   the service, ``grpc.health.v1.Health`` (NOT_SERVING until the service is started) and
-  server reflection; it starts the metrics endpoint when a metrics port is set.
+  server reflection; it starts the metrics endpoint when a metrics port is set. With
+  `settings.tls` (``RSTAR_TLS_*``) the port speaks TLS only, and with a CA it requires a
+  client certificate signed by that CA (mutual TLS); plaintext and certificate-less
+  clients then fail the handshake.
 * `serve(service, settings, load)` is a service process: listen, load the backend (health
   stays NOT_SERVING meanwhile), warm up, SERVING; on SIGTERM/SIGINT, or when the service
   declares its backend dead, NOT_SERVING, `server.stop(grace)` so in-flight calls finish,
   then close the backend.
 
-Not here: TLS and authentication (the services run on an internal network), the
+Not here: authentication beyond the client certificate (any certificate of the CA gets
+every RPC), TLS on the metrics endpoint (plain HTTP; keep it on an internal network), the
 services' own request validation (`converters`, the services).
 """
 
@@ -305,7 +309,10 @@ async def create_server(service: RpcService, settings: ServerSettings) -> tuple[
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection((service.name, health_name, reflection.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
+    if settings.tls.enabled:
+        port = server.add_secure_port(address, settings.tls.server_credentials())
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:  # pragma: no cover - grpc returns 0 instead of raising on some failures
         raise RuntimeError(f"could not bind {address}")
     if settings.metrics_port:
@@ -321,7 +328,8 @@ async def serve(service: RpcService[B], settings: ServerSettings, load: Callable
     """
     server, port = await create_server(service, settings)
     await server.start()
-    log.info("%s listening on %s:%d", service.name, settings.host, port)
+    log.info("%s listening on %s:%d (%s)", service.name, settings.host, port,
+             ("mutual TLS" if settings.tls.ca else "TLS") if settings.tls.enabled else "plaintext")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

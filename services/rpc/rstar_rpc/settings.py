@@ -17,6 +17,15 @@ Clients
     ``RSTAR_<S>_DEADLINE_S``     deadline of one call, retries included
                                  (policy 300, reward 60, executor 30)
     ``RSTAR_RPC_ATTEMPT_TIMEOUT_S``  limit of a single attempt (unset: the whole deadline)
+TLS (servers and clients alike; all unset: plaintext)
+    ``RSTAR_TLS_CERT``           PEM certificate (chain) this process presents: a server's
+                                 own, a client's client certificate
+    ``RSTAR_TLS_KEY``            PEM private key of that certificate
+    ``RSTAR_TLS_CA``             PEM CA bundle. A server then requires and verifies client
+                                 certificates (mutual TLS); a client verifies the server
+                                 against it (unset: the system's roots)
+    ``RSTAR_TLS_SERVER_NAME``    client: the name the server's certificate must carry when
+                                 it is not the target's host (an IP list, for example)
 Models
     ``RSTAR_MODEL_STORE``        model store directory: one sub-directory per version
     ``RSTAR_MODEL``              policy model: a version in the store, a path or a Hub id
@@ -36,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["ClientSettings", "ModelStoreSettings", "ServerSettings"]
+__all__ = ["ClientSettings", "ModelStoreSettings", "ServerSettings", "TlsSettings"]
 
 # service -> (gRPC port, metrics port, client deadline in seconds)
 _DEFAULTS = {
@@ -69,6 +78,77 @@ def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Certificate files for gRPC over TLS; no files = plaintext, as before TLS existed.
+
+    The files are read when credentials are built (once, at server or channel start), so
+    a missing or unreadable file is a ValueError there that names its variable.
+    """
+
+    # Paths of PEM files; "" = unset.
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    # Client only: expected name in the server's certificate ("" = the target's host).
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("RSTAR_TLS_CERT and RSTAR_TLS_KEY must be set together, got "
+                             f"cert={self.cert!r} key={self.key!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert or self.ca)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TlsSettings:
+        env = _env(env)
+        return cls(cert=env.get("RSTAR_TLS_CERT", ""), key=env.get("RSTAR_TLS_KEY", ""),
+                   ca=env.get("RSTAR_TLS_CA", ""), server_name=env.get("RSTAR_TLS_SERVER_NAME", ""))
+
+    def check_server(self) -> None:
+        """Raise ValueError unless a server can use these settings (off, or cert and key)."""
+        if self.enabled and not self.cert:
+            raise ValueError("a TLS server needs RSTAR_TLS_CERT and RSTAR_TLS_KEY "
+                             f"(RSTAR_TLS_CA={self.ca!r} alone is not enough)")
+
+    def server_credentials(self):
+        """`grpc.ServerCredentials`: this certificate; client certificates verified against
+        `ca` and required when it is set (mutual TLS)."""
+        import grpc
+
+        self.check_server()
+        ca = _read_pem("RSTAR_TLS_CA", self.ca) if self.ca else None
+        return grpc.ssl_server_credentials(
+            [(_read_pem("RSTAR_TLS_KEY", self.key), _read_pem("RSTAR_TLS_CERT", self.cert))],
+            root_certificates=ca, require_client_auth=ca is not None)
+
+    def channel_credentials(self):
+        """`grpc.ChannelCredentials`: verify the server against `ca` (or the system roots)
+        and present this certificate, if any."""
+        import grpc
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_pem("RSTAR_TLS_CA", self.ca) if self.ca else None,
+            private_key=_read_pem("RSTAR_TLS_KEY", self.key) if self.key else None,
+            certificate_chain=_read_pem("RSTAR_TLS_CERT", self.cert) if self.cert else None)
+
+    def channel_options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def _read_pem(variable: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{variable}={path}: cannot read: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{variable}={path}: not a PEM file")
+    return data
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """How one service listens and sheds load."""
 
@@ -83,9 +163,12 @@ class ServerSettings:
     # After SIGTERM: how long in-flight calls may take before they are cancelled.
     grace_s: float = 30.0
     log_level: str = "INFO"
+    # TLS (mutual when `tls.ca` is set); off by default.
+    tls: TlsSettings = TlsSettings()
 
     def __post_init__(self) -> None:
         _service(self.service)
+        self.tls.check_server()
         _port("port", self.port)
         _port("metrics_port", self.metrics_port, allow_none=True)
         if type(self.max_in_flight) is not int or self.max_in_flight < 1:
@@ -104,6 +187,7 @@ class ServerSettings:
             max_in_flight=int(env.get(prefix + "MAX_IN_FLIGHT", 256)),
             grace_s=float(env.get("RSTAR_SHUTDOWN_GRACE_S", 30.0)),
             log_level=env.get("RSTAR_LOG_LEVEL", "INFO"),
+            tls=TlsSettings.from_env(env),
         )
 
 
@@ -124,6 +208,8 @@ class ClientSettings:
     # far too slow for a replica that restarts).
     reconnect_backoff_s: float = 0.2
     max_reconnect_backoff_s: float = 5.0
+    # TLS towards the server (with a client certificate for mutual TLS); off by default.
+    tls: TlsSettings = TlsSettings()
 
     def __post_init__(self) -> None:
         if not self.target.strip():
@@ -143,6 +229,7 @@ class ClientSettings:
             target=env.get(prefix + "ADDR", f"localhost:{port}"),
             deadline_s=float(env.get(prefix + "DEADLINE_S", deadline)),
             attempt_timeout_s=float(attempt) if attempt else None,
+            tls=TlsSettings.from_env(env),
         )
 
 

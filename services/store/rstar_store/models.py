@@ -3,8 +3,11 @@
 Tables: `runs`, `batches` (one enqueued file of problems), `problems` (per run),
 `search_tasks` (one per run, problem, round and seed), `search_results` (exactly one per
 task, with the whole tree), `trajectories` (root-to-terminal paths extracted from the tree
-when it is written, for the data builders) and `model_versions` (lineage, written by the
-trainer).
+when it is written, for the data builders), `model_versions` (every trained checkpoint in
+the model store: lineage, training data and config, metrics and roll-out status),
+`model_promotions` (the history of promotions and rollbacks that a rollback walks) and
+`evolve_steps` (the self-evolution driver's durable progress, one row per run, round and
+step).
 
 The same models serve PostgreSQL (production) and SQLite (embedded mode): JSON columns are
 JSONB on PostgreSQL and JSON elsewhere, states are short strings guarded by CHECK
@@ -34,6 +37,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -41,6 +45,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Base",
     "Batch",
+    "EvolveState",
+    "EvolveStepRow",
+    "ModelPromotion",
+    "ModelStatus",
     "ModelVersion",
     "ProblemRow",
     "Run",
@@ -66,10 +74,25 @@ class TaskState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class ModelStatus(enum.StrEnum):
+    CANDIDATE = "candidate"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+
+
+class EvolveState(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 # Difficulty labels of `rstar_core.data.difficulty`.
 DIFFICULTIES = ("easy", "medium", "hard", "unknown")
 TERMINAL_REASONS = ("answer", "no_answer", "too_many_errors", "max_depth")
-MODEL_KINDS = ("policy", "ppm")
+# policy and ppm: the method's two models; orm and pqm: the baselines' outcome reward model
+# and Q-value pointwise PRM.
+MODEL_KINDS = ("policy", "ppm", "orm", "pqm")
+PROMOTION_ACTIONS = ("promote", "rollback")
 
 # Stable constraint names: Alembic needs them to drop or alter constraints later, and
 # SQLite's batch mode needs them to rebuild a table.
@@ -226,12 +249,20 @@ class TrajectoryRow(Base):
 
 
 class ModelVersion(Base):
-    """A trained checkpoint in the model store and where it came from (lineage)."""
+    """A trained checkpoint in the model store, where it came from (lineage) and its status.
+
+    At most one version per kind is `promoted` (the one the services serve): the store's
+    promote and rollback keep it so, and a partial unique index makes the database refuse
+    a second one.
+    """
 
     __tablename__ = "model_versions"
     __table_args__ = (
         CheckConstraint(_in("kind", MODEL_KINDS), name="kind"),
+        CheckConstraint(_in("status", ModelStatus), name="status"),
         Index("ix_model_versions_kind_round", "kind", "round"),
+        Index("uq_model_versions_promoted_kind", "kind", unique=True,
+              sqlite_where=text("status = 'promoted'"), postgresql_where=text("status = 'promoted'")),
     )
 
     version: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -239,7 +270,60 @@ class ModelVersion(Base):
     # Directory of the checkpoint inside the model store.
     path: Mapped[str] = mapped_column(Text)
     parent: Mapped[str | None] = mapped_column(ForeignKey("model_versions.version", ondelete="RESTRICT"))
+    # The base model the training started from (a version, a path or a Hub id).
+    base: Mapped[str | None] = mapped_column(Text)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     round: Mapped[int | None]
+    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.CANDIDATE)
+    # Dataset name -> {path, content_hash, counts, ...}: exactly what the training read.
+    datasets: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    train_config: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When it was last promoted (kept after it is superseded; the history is in model_promotions).
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelPromotion(Base):
+    """One promotion or rollback: which version became the promoted one, and which it replaced."""
+
+    __tablename__ = "model_promotions"
+    __table_args__ = (
+        CheckConstraint(_in("kind", MODEL_KINDS), name="kind"),
+        CheckConstraint(_in("action", PROMOTION_ACTIONS), name="action"),
+        Index("ix_model_promotions_kind", "kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(ForeignKey("model_versions.version", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(16))
+    previous: Mapped[str | None] = mapped_column(ForeignKey("model_versions.version", ondelete="SET NULL"))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvolveStepRow(Base):
+    """One step of one self-evolution round of a run (search, select data, train, evaluate...).
+
+    The driver records a step before running it and its result after, so a restarted
+    driver skips what is done and repeats what was interrupted.
+    """
+
+    __tablename__ = "evolve_steps"
+    __table_args__ = (
+        UniqueConstraint("run_id", "round", "step"),
+        CheckConstraint("round >= 0", name="round"),
+        CheckConstraint(_in("state", EvolveState), name="state"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    round: Mapped[int]
+    step: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=EvolveState.RUNNING)
+    result: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

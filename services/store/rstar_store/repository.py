@@ -12,10 +12,15 @@ on are safe to repeat and to race:
 * `record_result` writes the result, its trajectories and the task's `done` state in one
   transaction; the result's UNIQUE task id plus ON CONFLICT DO NOTHING make a second write,
   sequential or concurrent, a no-op that returns False.
+* `add_model_version` is idempotent per version; `promote_model` and `rollback_model`
+  change the promoted version of a kind and record the change in one transaction, and
+  promotions of one kind take turns, so at most one version per kind is ever promoted.
+* `start_evolve_step` never restarts a step that is done: a restarted self-evolution
+  driver asks the store what to skip.
 
-Unknown runs and tasks raise `LookupError`; bad arguments raise `ValueError` naming the
-field or the record. Not here: the schema (`models`), migrations (`db.migrate`), dataset
-export and model lineage writes (the trainer's).
+Unknown runs, tasks, model versions and evolve steps raise `LookupError`; bad arguments
+raise `ValueError` naming the field or the record. Not here: the schema (`models`),
+migrations (`db.migrate`), dataset export, the model store's files (`rstar_models.registry`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Table, func, select, update
+from sqlalchemy import Engine, Table, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,12 +42,28 @@ from rstar_core.data import difficulty, trajectories
 from rstar_core.types import Problem
 
 from .db import SQLITE_READ_ONLY, create_engine_from_url
-from .models import Batch, ProblemRow, Run, RunStatus, SearchResultRow, SearchTask, TaskState, TrajectoryRow, utcnow
+from .models import (
+    MODEL_KINDS,
+    Batch,
+    EvolveState,
+    EvolveStepRow,
+    ModelPromotion,
+    ModelStatus,
+    ModelVersion,
+    ProblemRow,
+    Run,
+    RunStatus,
+    SearchResultRow,
+    SearchTask,
+    TaskState,
+    TrajectoryRow,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from rstar_core.mcts.search import SearchResult
 
-__all__ = ["EnqueueResult", "RunInfo", "RunProgress", "Store", "TaskSpec"]
+__all__ = ["EnqueueResult", "EvolveStep", "ModelVersionInfo", "RunInfo", "RunProgress", "Store", "TaskSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +78,10 @@ _CLAIMABLE = (TaskState.QUEUED, TaskState.FAILED, TaskState.RUNNING)
 # A failure report never overwrites a recorded result or a cancellation.
 _FAILABLE = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
 _CANCELLABLE = (TaskState.QUEUED, TaskState.FAILED)
+MAX_STEP_CHARS = 64
+# Promotions of one kind take turns on PostgreSQL under this advisory lock (plus the
+# kind's index); SQLite's BEGIN IMMEDIATE already serialises writers.
+_PROMOTION_LOCK_KEY = 0x72737470  # "rstp"
 
 
 @dataclass(frozen=True)
@@ -76,6 +101,9 @@ class EnqueueResult:
     task_ids: list[int]
     # The tasks this call created, in input order: the ones to send to the queue.
     new_task_ids: list[int]
+    # Input records that repeated an earlier record of the same call verbatim (same id, or
+    # no id and the same question; same question and answer) and were merged into it.
+    merged_duplicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +156,49 @@ class RunProgress:
 
 
 @dataclass(frozen=True)
+class ModelVersionInfo:
+    """One version in the model store: its files, lineage, training inputs, metrics and status."""
+
+    version: str
+    kind: str
+    # The version's directory in the model store.
+    path: str
+    round: int | None
+    # The version this one was derived from, and the base model its training started from.
+    parent: str | None
+    base: str | None
+    # The run's name (None for a version registered outside a run).
+    run: str | None
+    # candidate, promoted (what the services serve; one per kind) or rejected.
+    status: str
+    # Dataset name -> {path, content_hash, counts, ...}.
+    datasets: dict[str, Any]
+    train_config: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: datetime
+    # When it was last promoted (also after it was superseded), None if never.
+    promoted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class EvolveStep:
+    """The durable state of one step of one self-evolution round."""
+
+    id: int
+    run: str
+    round: int
+    step: str
+    # running, done or failed.
+    state: str
+    # What the step produced (versions, dataset manifests, metrics): what later steps read.
+    result: dict[str, Any]
+    error: str | None
+    attempts: int
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
 class _NewProblem:
     external_id: str
     question: str
@@ -175,7 +246,8 @@ class Store:
         A problem is identified in its run by its id, or by a hash of its question when it
         has none. Problems and tasks that already exist are reused, so enqueuing the same
         file again creates no task; a known id with a different question or answer is an
-        error that names the record.
+        error that names the record. A record that repeats an earlier one of `problems`
+        verbatim is merged into it (counted in `merged_duplicates`).
         """
         _check_int("round", round, minimum=0)
         _check_int("seed", seed)
@@ -197,9 +269,11 @@ class Store:
             task_ids, new = _upsert_tasks(session, run_row.id, batch.id, round, seed, problem_ids)
             batch.n_new_tasks = len(new)
         by_position = [task_ids[i] for i in position]
-        log.info("run %s round %d seed %d: %d problems enqueued, %d new tasks (batch %d)",
-                 run, round, seed, len(problems), len(new), batch.id)
-        return EnqueueResult(batch.id, by_position, [t for t in task_ids if t in new])
+        merged = len(position) - len(unique)
+        log.info("run %s round %d seed %d: %d problems enqueued (%d duplicates merged), "
+                 "%d new tasks (batch %d)", run, round, seed, len(problems), merged, len(new),
+                 batch.id)
+        return EnqueueResult(batch.id, by_position, [t for t in task_ids if t in new], merged)
 
     def cancel_run(self, name: str) -> int:
         """Cancel the run and its queued or failed tasks; running ones finish. Returns the count."""
@@ -366,6 +440,231 @@ class Store:
                 out["finished_at"] = _aware(out["finished_at"]).isoformat() if out["finished_at"] else None
                 yield out
 
+    def get_run(self, name: str) -> RunInfo:
+        with self._read() as session:
+            return _run_info(_get_run(session, name))
+
+    # --- model versions ----------------------------------------------------------------
+
+    def add_model_version(self, version: str, kind: str, path: str, *, round: int | None = None,
+                          parent: str | None = None, base: str | None = None, run: str | None = None,
+                          datasets: Mapping[str, Any] | None = None,
+                          train_config: Mapping[str, Any] | None = None,
+                          metrics: Mapping[str, Any] | None = None) -> ModelVersionInfo:
+        """Record a version as a candidate; the same version again returns the stored row unchanged.
+
+        A version is named after its weights, so one that is already recorded with another
+        kind or path is an error (two checkpoints under one name), not a new version.
+        """
+        _check_version("version", version)
+        _check_kind(kind)
+        if not isinstance(path, str) or not path:
+            raise ValueError("path must be a non-empty string")
+        if round is not None:
+            _check_int("round", round, minimum=0)
+        if parent is not None:
+            _check_version("parent", parent)
+            if parent == version:
+                raise ValueError(f"parent: version {version!r} cannot be its own parent")
+        if base is not None and (not isinstance(base, str) or not base):
+            raise ValueError("base must be a non-empty string or None")
+        values = {"datasets": _json_mapping("datasets", datasets),
+                  "train_config": _json_mapping("train_config", train_config),
+                  "metrics": _json_mapping("metrics", metrics)}
+        with self._write.begin() as session:
+            run_id = _get_run(session, run).id if run is not None else None
+            if parent is not None:
+                _get_version(session, parent, field="parent")
+            session.execute(
+                _insert(session, ModelVersion.__table__)
+                .values(version=version, kind=kind, path=path, parent=parent, base=base, run_id=run_id,
+                        round=round, status=ModelStatus.CANDIDATE, created_at=utcnow(), **values)
+                .on_conflict_do_nothing(index_elements=["version"]))
+            row = _get_version(session, version)
+            if (row.kind, row.path) != (kind, path):
+                raise ValueError(f"version {version!r} is already recorded as a {row.kind} at {row.path!r}, "
+                                 f"not a {kind} at {path!r}")
+            return _version_info(session, row)
+
+    def get_model_version(self, version: str) -> ModelVersionInfo:
+        with self._read() as session:
+            return _version_info(session, _get_version(session, version))
+
+    def list_model_versions(self, kind: str | None = None, run: str | None = None) -> list[ModelVersionInfo]:
+        """Versions, newest first; only one kind or one run's when given."""
+        if kind is not None:
+            _check_kind(kind)
+        with self._read() as session:
+            query = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.version.desc())
+            if kind is not None:
+                query = query.where(ModelVersion.kind == kind)
+            if run is not None:
+                query = query.where(ModelVersion.run_id == _get_run(session, run).id)
+            rows = session.scalars(query).all()
+            names = dict(session.execute(
+                select(Run.id, Run.name).where(Run.id.in_({r.run_id for r in rows if r.run_id is not None}))).all())
+            return [_version_info(session, r, names.get(r.run_id)) for r in rows]
+
+    def update_model_metrics(self, version: str, metrics: Mapping[str, Any]) -> ModelVersionInfo:
+        """Merge `metrics` into the version's (an evaluation adds its numbers beside the training's)."""
+        if metrics is None:
+            raise ValueError("metrics must be a mapping, got None")
+        update_with = _json_mapping("metrics", metrics)
+        with self._write.begin() as session:
+            row = _get_version(session, version, lock=True)
+            row.metrics = {**row.metrics, **update_with}
+            session.flush()
+            return _version_info(session, row)
+
+    def set_model_status(self, version: str, status: str) -> ModelVersionInfo:
+        """Mark a version `rejected` or `candidate` again; promotion goes through `promote_model`.
+
+        The promoted version cannot be demoted this way (the services would keep serving
+        it with no version promoted): promote another or roll back.
+        """
+        allowed = (ModelStatus.CANDIDATE, ModelStatus.REJECTED)
+        if status not in allowed:
+            raise ValueError(f"status must be one of {', '.join(allowed)} (promote with promote_model), "
+                             f"got {status!r}")
+        with self._write.begin() as session:
+            row = _get_version(session, version, lock=True)
+            if row.status == ModelStatus.PROMOTED:
+                raise ValueError(f"version {version!r} is the promoted {row.kind}: "
+                                 "promote another version or roll back instead")
+            row.status = status
+            session.flush()
+            return _version_info(session, row)
+
+    def promote_model(self, version: str) -> ModelVersionInfo:
+        """Make `version` the promoted one of its kind; the previous one becomes a candidate.
+
+        A rejected version may be promoted (that clears the rejection). Promoting the
+        promoted version changes nothing and records nothing.
+        """
+        _check_version("version", version)
+        with self._write.begin() as session:
+            kind = session.scalar(select(ModelVersion.kind).where(ModelVersion.version == version))
+            if kind is None:
+                raise LookupError(f"no model version {version!r}")
+            _lock_promotions(session, kind)
+            row = _get_version(session, version, lock=True)
+            if row.status == ModelStatus.PROMOTED:
+                return _version_info(session, row)
+            previous = _promoted(session, kind, lock=True)
+            _switch_promoted(session, previous, row, new_status_of_previous=ModelStatus.CANDIDATE)
+            session.add(ModelPromotion(kind=kind, version=version, action="promote",
+                                       previous=previous.version if previous else None, at=row.promoted_at))
+            log.info("promoted %s %s (was %s)", kind, version, previous.version if previous else "none")
+            return _version_info(session, row)
+
+    def rollback_model(self, kind: str) -> ModelVersionInfo:
+        """Reject the promoted version of `kind` and promote the one promoted before it.
+
+        Walks the promotion history from the newest entry back to the latest version that
+        is neither the current one nor rejected; returns that version.
+        """
+        _check_kind(kind)
+        with self._write.begin() as session:
+            _lock_promotions(session, kind)
+            current = _promoted(session, kind, lock=True)
+            if current is None:
+                raise ValueError(f"no {kind} version is promoted: nothing to roll back")
+            history = session.scalars(
+                select(ModelPromotion.version).where(ModelPromotion.kind == kind)
+                .order_by(ModelPromotion.id.desc())).all()
+            target = None
+            for candidate in dict.fromkeys(history):
+                if candidate == current.version:
+                    continue
+                row = session.scalar(select(ModelVersion).where(ModelVersion.version == candidate)
+                                     .with_for_update())
+                if row is not None and row.status != ModelStatus.REJECTED:
+                    target = row
+                    break
+            if target is None:
+                raise ValueError(f"no earlier {kind} version to roll back to from {current.version!r}")
+            _switch_promoted(session, current, target, new_status_of_previous=ModelStatus.REJECTED)
+            session.add(ModelPromotion(kind=kind, version=target.version, action="rollback",
+                                       previous=current.version, at=target.promoted_at))
+            log.info("rolled %s back from %s to %s", kind, current.version, target.version)
+            return _version_info(session, target)
+
+    def promoted_model(self, kind: str) -> ModelVersionInfo | None:
+        """The version of `kind` the services should serve, or None before the first promotion."""
+        _check_kind(kind)
+        with self._read() as session:
+            row = _promoted(session, kind)
+            return _version_info(session, row) if row is not None else None
+
+    # --- self-evolution steps ----------------------------------------------------------
+
+    def get_evolve_step(self, run: str, round: int, step: str) -> EvolveStep | None:
+        _check_step(round, step)
+        with self._read() as session:
+            run_row = _get_run(session, run)
+            row = session.scalar(_step_query(run_row.id, round, step))
+            return _evolve_step(row, run_row.name) if row is not None else None
+
+    def start_evolve_step(self, run: str, round: int, step: str) -> EvolveStep:
+        """Mark the step running (one more attempt); a step that is done is returned unchanged."""
+        _check_step(round, step)
+        now = utcnow()
+        with self._write.begin() as session:
+            run_row = _get_run(session, run)
+            inserted = session.scalar(
+                _insert(session, EvolveStepRow.__table__)
+                .values(run_id=run_row.id, round=round, step=step, state=EvolveState.RUNNING, result={},
+                        attempts=1, started_at=now)
+                .on_conflict_do_nothing(index_elements=["run_id", "round", "step"])
+                .returning(EvolveStepRow.id))
+            if inserted is None:
+                session.execute(
+                    update(EvolveStepRow)
+                    .where(EvolveStepRow.run_id == run_row.id, EvolveStepRow.round == round,
+                           EvolveStepRow.step == step, EvolveStepRow.state != EvolveState.DONE)
+                    .values(state=EvolveState.RUNNING, attempts=EvolveStepRow.attempts + 1, started_at=now,
+                            finished_at=None, error=None))
+            return _evolve_step(session.scalar(_step_query(run_row.id, round, step)), run_row.name)
+
+    def finish_evolve_step(self, run: str, round: int, step: str, result: Mapping[str, Any]) -> EvolveStep:
+        """Mark the step done with what it produced."""
+        _check_step(round, step)
+        if result is None:
+            raise ValueError("result must be a mapping, got None")
+        values = {"state": EvolveState.DONE, "result": _json_mapping("result", result), "error": None,
+                  "finished_at": utcnow()}
+        return self._set_step(run, round, step, values, states=tuple(EvolveState))
+
+    def fail_evolve_step(self, run: str, round: int, step: str, error: str) -> EvolveStep:
+        """Record the step's failure; a step that is done stays done (and is returned as is)."""
+        _check_step(round, step)
+        values = {"state": EvolveState.FAILED, "error": str(error)[-MAX_ERROR_CHARS:].replace("\x00", "\ufffd"),
+                  "finished_at": utcnow()}
+        return self._set_step(run, round, step, values, states=(EvolveState.RUNNING, EvolveState.FAILED))
+
+    def list_evolve_steps(self, run: str) -> list[EvolveStep]:
+        """The run's steps by round, then in the order they (last) started."""
+        with self._read() as session:
+            run_row = _get_run(session, run)
+            rows = session.scalars(
+                select(EvolveStepRow).where(EvolveStepRow.run_id == run_row.id)
+                .order_by(EvolveStepRow.round, EvolveStepRow.started_at, EvolveStepRow.id)).all()
+            return [_evolve_step(r, run_row.name) for r in rows]
+
+    def _set_step(self, run: str, round: int, step: str, values: dict[str, Any],
+                  states: tuple[str, ...]) -> EvolveStep:
+        with self._write.begin() as session:
+            run_row = _get_run(session, run)
+            session.execute(
+                update(EvolveStepRow)
+                .where(EvolveStepRow.run_id == run_row.id, EvolveStepRow.round == round,
+                       EvolveStepRow.step == step, EvolveStepRow.state.in_(states))
+                .values(**values))
+            row = session.scalar(_step_query(run_row.id, round, step))
+            if row is None:
+                raise LookupError(f"run {run!r} has no evolve step {step!r} in round {round}")
+            return _evolve_step(row, run_row.name)
+
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -396,6 +695,61 @@ def _run_info(run_row: Run) -> RunInfo:
     return RunInfo(run_row.id, run_row.name, run_row.status, run_row.config_name, run_row.config,
                    _aware(run_row.created_at))
 
+
+def _get_version(session: Session, version: str, *, lock: bool = False, field: str | None = None) -> ModelVersion:
+    query = select(ModelVersion).where(ModelVersion.version == version)
+    if lock:
+        query = query.with_for_update()
+    row = session.scalar(query)
+    if row is None:
+        raise LookupError(f"{field + ': ' if field else ''}no model version {version!r}")
+    return row
+
+
+def _promoted(session: Session, kind: str, lock: bool = False) -> ModelVersion | None:
+    query = select(ModelVersion).where(ModelVersion.kind == kind, ModelVersion.status == ModelStatus.PROMOTED)
+    return session.scalar(query.with_for_update() if lock else query)
+
+
+def _lock_promotions(session: Session, kind: str) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        # Held until the transaction ends. Without it, two first promotions of a kind would
+        # both find nothing promoted and one would fail on the unique index.
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": _PROMOTION_LOCK_KEY + MODEL_KINDS.index(kind)})
+
+
+def _switch_promoted(session: Session, old: ModelVersion | None, new: ModelVersion, *,
+                     new_status_of_previous: str) -> None:
+    if old is not None:
+        old.status = new_status_of_previous
+        # Written before the new one is promoted: the unique index checks every statement.
+        session.flush()
+    new.status = ModelStatus.PROMOTED
+    new.promoted_at = utcnow()
+    session.flush()
+
+
+def _version_info(session: Session, row: ModelVersion, run_name: str | None = None) -> ModelVersionInfo:
+    if row.run_id is not None and run_name is None:
+        run_name = session.scalar(select(Run.name).where(Run.id == row.run_id))
+    return ModelVersionInfo(
+        version=row.version, kind=row.kind, path=row.path, round=row.round, parent=row.parent, base=row.base,
+        run=run_name, status=row.status, datasets=row.datasets, train_config=row.train_config,
+        metrics=row.metrics, created_at=_aware(row.created_at),
+        promoted_at=_aware(row.promoted_at) if row.promoted_at else None)
+
+
+def _step_query(run_id: int, round: int, step: str):
+    return select(EvolveStepRow).where(EvolveStepRow.run_id == run_id, EvolveStepRow.round == round,
+                                       EvolveStepRow.step == step)
+
+
+def _evolve_step(row: EvolveStepRow, run_name: str) -> EvolveStep:
+    return EvolveStep(
+        id=row.id, run=run_name, round=row.round, step=row.step, state=row.state, result=row.result,
+        error=row.error, attempts=row.attempts, started_at=_aware(row.started_at),
+        finished_at=_aware(row.finished_at) if row.finished_at else None)
 
 def _validate_problems(problems: Sequence[Problem]) -> tuple[list[_NewProblem], list[int]]:
     """Check every record before touching the database.
@@ -513,6 +867,38 @@ def _check_name(field: str, value: Any) -> None:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_CHARS:
         raise ValueError(f"{field} must be a non-empty string of at most {MAX_NAME_CHARS} characters")
 
+
+def _check_version(field: str, value: Any) -> None:
+    _check_name(field, value)
+    # A version is also a directory name in the model store.
+    if "/" in value or "\\" in value or value.startswith(".") or value != value.strip():
+        raise ValueError(f"{field} {value!r} is not a valid version name (no slashes, no leading dot or spaces)")
+
+
+def _check_kind(kind: Any) -> None:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+
+
+def _check_step(round: Any, step: Any) -> None:
+    _check_int("round", round, minimum=0)
+    if not isinstance(step, str) or not step.strip() or len(step) > MAX_STEP_CHARS:
+        raise ValueError(f"step must be a non-empty string of at most {MAX_STEP_CHARS} characters, got {step!r}")
+
+
+def _json_mapping(field: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of `value` as the database will give it back, checked storable; {} for None."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{field} must be a mapping, got {type(value).__name__}")
+    try:
+        encoded = json.dumps(dict(value), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{field} is not storable as JSON: {exc}") from None
+    if "\\u0000" in encoded:
+        raise ValueError(f"{field} contains a NUL character")
+    return json.loads(encoded)
 
 def _check_int(field: str, value: Any, minimum: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):

@@ -8,7 +8,7 @@ directory carries `rstar_model.json` with a content-derived version string, whic
 service reports with its responses.
 
 Not here: downloading anything at run time on machines without network (the default
-model is in a Python package), training, or the multi-version registry of the trainer.
+model is in a Python package), training, or the registry of trained versions (`registry`).
 """
 
 from __future__ import annotations

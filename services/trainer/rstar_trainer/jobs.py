@@ -1,0 +1,142 @@
+"""One training step of a self-evolution round, the same in-process and on the `train` queue.
+
+A `TrainJob` names the run, round and step (`train_sft` or `train_ppm`), the model it starts
+from, the dataset and the settings. `run_train_job`:
+
+1. returns the recorded result when the step is already done (a redelivered message, or a
+   driver that was killed after the training finished, never trains twice);
+2. trains, resuming from the newest complete checkpoint in the job's work directory: in
+   this process, or under `accelerate launch` (`train_once`) when ``RSTAR_ACCELERATE_CONFIG``
+   names a config of `deploy/accelerate/` (GPU nodes: one GPU, DDP, FSDP, DeepSpeed);
+3. registers the model as a `candidate` version (kind `policy` or `ppm`) with its lineage:
+   parent, base model, dataset manifest and hash, training config and metrics;
+4. records the step as done with `{version, path, metrics}` in `evolve_steps`.
+
+A finished model that was not registered yet (a crash between 2 and 3) is registered
+without training again. Failures are recorded on the step with their reason and re-raised.
+
+Not here: deciding what to train (the `rstar evolve` driver), the Celery wiring (`tasks`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainJob", "run_train_job", "train_model"]
+
+log = logging.getLogger(__name__)
+
+STEPS = {"train_sft": "policy", "train_ppm": "ppm"}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    run: str
+    round: int
+    step: str
+    # SFT: the original base model; PPM: the round's fine-tuned policy.
+    start_model: str
+    dataset: str
+    work_dir: str
+    config: dict[str, Any] = field(default_factory=dict)
+    # Lineage: the version this one replaces, and the base model of the whole run.
+    parent: str | None = None
+    base: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.step not in STEPS:
+            raise ValueError(f"step must be one of {sorted(STEPS)}, got {self.step!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainJob":
+        return cls(**data)
+
+
+def run_train_job(job: TrainJob, store, registry, *, progress_bar: bool = True) -> dict[str, Any]:
+    done = store.get_evolve_step(job.run, job.round, job.step)
+    if done is not None and done.state == "done":
+        return done.result
+    store.start_evolve_step(job.run, job.round, job.step)
+    try:
+        result = _train_and_register(job, registry, progress_bar)
+    except BaseException as exc:
+        store.fail_evolve_step(job.run, job.round, job.step, f"{type(exc).__name__}: {exc}")
+        raise
+    store.finish_evolve_step(job.run, job.round, job.step, result)
+    return result
+
+
+def train_model(job: TrainJob, *, progress_bar: bool = True) -> Path:
+    """Train the job's model into `<work_dir>/model` (resuming from checkpoints); no registration."""
+    from .ppm_config import PPMConfig
+    from .sft_config import SFTConfig, config_from_mapping
+
+    work = Path(job.work_dir)
+    out = work / "model"
+    if (out / "rstar_training.json").is_file():
+        return out
+    if job.step == "train_sft":
+        from .sft_trainer import train_sft
+
+        config = config_from_mapping(SFTConfig, job.config, source=f"{job.step} config")
+        train_sft(job.start_model, job.dataset, out, work / "checkpoints", config, progress_bar=progress_bar)
+    else:
+        from .ppm_trainer import train_ppm
+
+        config = config_from_mapping(PPMConfig, job.config, source=f"{job.step} config")
+        train_ppm(job.start_model, job.dataset, out, work / "checkpoints", config, progress_bar=progress_bar)
+    return out
+
+
+def _launch(job: TrainJob, accelerate_config: str) -> Path:
+    """Run `train_once` under `accelerate launch` and wait for it."""
+    import subprocess
+    import sys
+
+    work = Path(job.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    job_file = work / "job.json"
+    job_file.write_text(json.dumps(job.to_json(), indent=2))
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+            "-m", "rstar_trainer.train_once", str(job_file)]
+    log.info("launching %s", " ".join(argv))
+    subprocess.run(argv, check=True)
+    return work / "model"
+
+
+def _train_and_register(job: TrainJob, registry, progress_bar: bool) -> dict[str, Any]:
+    from .datasets import load_training_set
+
+    kind = STEPS[job.step]
+    work = Path(job.work_dir)
+    registered = [v for v in registry.list(kind=kind, run=job.run) if v.round == job.round]
+    if registered:
+        version = registered[0]
+        log.info("%s of run %s round %d is already registered as %s", kind, job.run, job.round, version.version)
+        return {"version": version.version, "path": version.path, "metrics": version.metrics}
+    _, info = load_training_set(job.dataset, "sft" if kind == "policy" else "ppm")
+    accelerate_config = os.environ.get("RSTAR_ACCELERATE_CONFIG")
+    out = _launch(job, accelerate_config) if accelerate_config else train_model(job, progress_bar=progress_bar)
+    record = json.loads((out / "rstar_training.json").read_text())
+    version = registry.register(
+        out, kind=kind, round=job.round, run=job.run, parent=job.parent, base=job.base,
+        datasets={Path(job.dataset).name: {"path": info.path, "content_hash": info.content_hash,
+                                           "counts": info.manifest.get("counts", {})}},
+        train_config=record["config"], metrics=record["metrics"])
+    _remove_checkpoints(work / "checkpoints")
+    return {"version": version.version, "path": version.path, "metrics": record["metrics"]}
+
+
+def _remove_checkpoints(path: Path) -> None:
+    # Optimizer state is three times the model; once the version is registered it is not needed.
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
