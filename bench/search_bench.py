@@ -322,12 +322,9 @@ def machine_line() -> str:
     """Architecture, CPU model and vector ISA, cores and memory: tokens per second differ between hosts."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from rstar_models.hardware import cpu_model
+
+    cpu = cpu_model()
     return (f"{platform.machine()}, {cpu} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, "
             f"{round(psutil.virtual_memory().total / 2**30)} GiB, no GPU")
 

@@ -38,3 +38,32 @@ def test_solve_file_writes_results_and_resumes(tmp_path, model_dir, monkeypatch)
     again = _solve(*args, cwd=tmp_path)
     assert again.returncode == 0 and "2 of 2 problems already" in again.stderr
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_sigterm_stops_the_embedded_engine_with_the_command(tmp_path, model_dir):
+    """A stopped `rstar solve` (SIGTERM, as from a scheduler) leaves no engine process holding memory."""
+    import signal
+    import time
+
+    import psutil
+
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": 2 * i}) + "\n"
+                                for i in range(40)))
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING", RSTAR_MODEL=model_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "rstar_cli.main", "solve", "--file", str(problems), "--out",
+                             str(tmp_path / "out.jsonl")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    engine = []
+    out = tmp_path / "out.jsonl"
+    while time.monotonic() < deadline and not (out.exists() and out.read_text().strip()):  # mid-search
+        engine = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM" in " ".join(p.cmdline())]
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(1)
+    assert engine, "the engine never started"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "rstar: interrupted" in stderr, stderr[-2000:]
+    _, alive = psutil.wait_procs(engine, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]

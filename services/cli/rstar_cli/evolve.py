@@ -7,7 +7,7 @@ problems that have no result yet, a training resumes from its last checkpoint.
 
 Round 0 (bootstrap): `evaluate_base` (the base model on the held-out sets), `bootstrap`
 (the pool's worked GSM8K solutions converted to our step format and verified in the
-sandbox), `data`, `train_sft`, `evaluate`, `decide`.
+sandbox; practice problems have none: the search must find theirs), `data`, `train_sft`, `evaluate`, `decide`.
 Round r >= 1: `search` (the pool with the promoted policy; from round 3 on with the
 promoted PPM scoring new nodes), `data` (SFT: top-2 correct trajectories per tree, unioned
 with every earlier round and round 0, deduplicated; PPM: step pairs, held out by problem),

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from rstar_core.config import SearchConfig, config_from_mapping
+from rstar_core.config import SearchConfig, config_from_mapping, dataclass_from_mapping, read_yaml_mapping
 
 __all__ = ["EvolveRecipe", "load_recipe"]
 
@@ -100,18 +98,7 @@ class EvolveRecipe:
 
 
 def _build(cls, data: Any, source: str):
-    if data is None:
-        return cls()
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}")
-    try:
-        return cls(**data)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{source}: {exc}") from None
+    return dataclass_from_mapping(cls, data, source=source)
 
 
 def load_recipe(path: str | Path) -> EvolveRecipe:
@@ -120,14 +107,7 @@ def load_recipe(path: str | Path) -> EvolveRecipe:
     from rstar_trainer.sft_config import SFTConfig, config_from_mapping as trainer_config
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ValueError(f"recipe not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, what="recipe")
     unknown = sorted(set(data) - _SECTIONS)
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}")
@@ -136,6 +116,7 @@ def load_recipe(path: str | Path) -> EvolveRecipe:
     practice = dataclasses.replace(practice, levels=tuple(practice.levels))
     if any(level not in range(1, 6) for level in practice.levels) or practice.n_per_level < 0:
         raise ValueError(f"{path}: pool.practice needs levels in 1..5 and n_per_level >= 0")
+    bootstrap = _build(BootstrapSpec, data.get("bootstrap"), f"{path}: bootstrap")
     pool = _build(PoolSpec, pool_data, f"{path}: pool")
     pool = dataclasses.replace(pool, practice=practice, sources=tuple(pool.sources))
     search = data.get("search") or {}
@@ -150,7 +131,7 @@ def load_recipe(path: str | Path) -> EvolveRecipe:
     recipe = EvolveRecipe(
         name=path.stem,
         pool=pool,
-        bootstrap=_build(BootstrapSpec, data.get("bootstrap"), f"{path}: bootstrap"),
+        bootstrap=bootstrap,
         search=rounds,
         sft=dict(data.get("sft") or {}),
         ppm=dict(data.get("ppm") or {}),

@@ -4,8 +4,8 @@ Starts the executor, reward and policy gRPC services, Celery search workers and 
 workers (the `train` queue) against
 the RabbitMQ and PostgreSQL already running on this machine, with one log file per
 process under a run directory, and waits until every service reports SERVING on gRPC
-health. `rstar down` stops what `rstar up` started (SIGTERM to each process group, then
-SIGKILL after a grace period). The wiring the CLI needs (`RSTAR_DATABASE_URL`,
+health. `rstar down` stops what `rstar up` started (SIGTERM to each process, which drains
+and stops its children, then SIGKILL to its whole process group after a grace period). The wiring the CLI needs (`RSTAR_DATABASE_URL`,
 `RSTAR_BROKER_URL`) is written to `<run-dir>/env` so a shell can `source` it, and the
 services' metrics endpoints to `<run-dir>/prometheus-targets.json` (Prometheus file-based
 discovery; deploy/prometheus/local.yml reads it).
@@ -287,9 +287,14 @@ def roll_service(run_dir: Path, service: str, env_updates: Mapping[str, str], *,
 
 
 def _stop_groups(pids: list[int], grace_s: float) -> None:
-    """SIGTERM every process group, SIGKILL what is left after `grace_s`, wait until all are gone."""
+    """SIGTERM each group's leader, SIGKILL each group after `grace_s`, wait until all are gone.
+
+    Only the leader (the service or worker) gets SIGTERM: it drains its calls, or finishes
+    its tasks, and stops the processes it started. Signalling the whole group would stop
+    a service's engine under the calls it is still draining.
+    """
     for pid in pids:
-        _signal_group(pid, signal.SIGTERM)
+        _signal_leader(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -312,6 +317,13 @@ def _group_alive(pgid: int) -> bool:
         if int(pgrp) == pgid and state != "Z":
             return True
     return False
+
+
+def _signal_leader(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(pid: int, sig: int) -> None:

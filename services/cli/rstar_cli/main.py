@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -464,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_models_subcommands(models_sub)
     add_evolve_parsers(sub)
+    from .eval_cmd import add_eval_parser; add_eval_parser(sub)  # noqa: E702
     add_data_parser(sub)
     return parser
 
@@ -475,12 +477,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # SIGTERM (a scheduler, `kill`, a container stop) unwinds like Ctrl-C, so an embedded
+    # engine's shutdown runs and no engine process is left behind holding its memory.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except UsageError as exc:
         print(f"rstar: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rstar: interrupted (the same command resumes where it makes sense)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m rstar_cli.main` this file runs as `__main__`, a second copy beside the
+    # `rstar_cli.main` the subcommand modules import; run that one, so its UsageError is caught.
+    from rstar_cli.main import main as _main
+
+    sys.exit(_main())

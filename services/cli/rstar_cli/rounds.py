@@ -78,15 +78,19 @@ def _cell(acc: dict[str, Any] | None, with_p: bool = True) -> str:
         return "–"
     text = f"{100 * acc['rate']:.1f} [{100 * acc['low']:.0f}–{100 * acc['high']:.0f}]"
     if with_p and acc.get("p_vs_base") is not None:
-        text += f" p={acc['p_vs_base']:.3g}"
+        p = acc["p_vs_base"]
+        text += " p<0.001" if p < 0.001 else f" p={p:.3g}"
     return text
 
 
 def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The round table: accuracies in % with 95 % intervals and the p-value against the base model."""
     levels = sorted({lv for row in rows for lv in row["practice_accuracy_by_level"]})
-    head = (["round", "GSM8K-200 greedy", "GSM8K search"] + [f"practice L{lv}" for lv in levels]
-            + ["solved e/m/h", "SFT ex.", "PPM pairs", "PPM acc.", "promoted", "search s", "train s", "eval s", "tokens"])
+    n_greedy = next((row["heldout_accuracy"]["n"] for row in rows if row["heldout_accuracy"]), 0)
+    n_search = next((row["heldout_search_accuracy"]["n"] for row in rows if row["heldout_search_accuracy"]), 0)
+    head = (["round", f"GSM8K-{n_greedy} greedy", f"GSM8K-{n_search} search"] + [f"practice L{lv}" for lv in levels]
+            + ["solved e/m/h", "SFT ex.", "PPM pairs", "PPM acc.", "promoted"]
+            + ["search s", "data s", "train s", "eval s", "tokens"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         buckets = row["solved_by_bucket"] or {}
@@ -94,8 +98,8 @@ def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
         cells = ([str(row["round"]), _cell(row["heldout_accuracy"]), _cell(row["heldout_search_accuracy"])]
                  + [_cell(row["practice_accuracy_by_level"].get(lv)) for lv in levels]
                  + [bucket_text, _dash(row["sft_examples"]), _dash(row["ppm_pairs"]), _dash(row["ppm_pair_accuracy"]),
-                    _dash(row["promoted"]), f"{row['search_s']:.0f}", f"{row['train_s']:.0f}", f"{row['eval_s']:.0f}",
-                    str(row["tokens"])])
+                    _dash(row["promoted"])]
+                 + [f"{row[key]:.0f}" for key in ("search_s", "data_s", "train_s", "eval_s")] + [str(row["tokens"])])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

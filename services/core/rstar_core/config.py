@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["SearchConfig", "load_config", "config_from_mapping"]
+__all__ = ["SearchConfig", "config_from_mapping", "dataclass_from_mapping", "load_config", "read_yaml_mapping"]
 
 
 @dataclass(frozen=True)
@@ -110,37 +110,51 @@ class SearchConfig:
         return data
 
 
-_FIELDS = {f.name for f in dataclasses.fields(SearchConfig)}
+def dataclass_from_mapping(cls, data: Mapping[str, Any] | None, *, source: str, what: str = "key"):
+    """`cls(**data)`; a non-mapping, unknown keys or a bad value is one `ValueError` naming `source`.
 
-
-def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> SearchConfig:
-    """Build a config from a mapping; unknown keys are an error that names them."""
+    `None` gives `cls()` (a section left out of a file takes its defaults).
+    """
+    if data is None:
+        return cls()
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - _FIELDS)
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}")
-    values = dict(data)
-    if isinstance(values.get("stop"), list):
-        values["stop"] = tuple(values["stop"])
+        raise ValueError(f"{source}: unknown {what}(s) {', '.join(unknown)}")
     try:
-        return SearchConfig(**values)
+        return cls(**data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: {exc}") from None
 
 
-def load_config(path: str | Path, **overrides: Any) -> SearchConfig:
-    """Load a YAML recipe; `overrides` (e.g. from CLI flags) win over the file."""
+def config_from_mapping(data: Mapping[str, Any], *, source: str = "config") -> SearchConfig:
+    """Build a search config from a mapping; unknown keys are an error that names them."""
+    if isinstance(data, Mapping) and isinstance(data.get("stop"), list):
+        data = {**data, "stop": tuple(data["stop"])}
+    if data is None:
+        raise ValueError(f"{source}: expected a mapping of settings, got NoneType")
+    return dataclass_from_mapping(SearchConfig, data, source=source, what="config key")
+
+
+def read_yaml_mapping(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """The mapping at the top of a YAML file; a missing file, bad YAML or another shape is a named error."""
     import yaml
 
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ValueError(f"config file not found: {path}") from None
+        raise ValueError(f"{what} not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def load_config(path: str | Path, **overrides: Any) -> SearchConfig:
+    """Load a YAML recipe; `overrides` (e.g. from CLI flags) win over the file."""
+    data = read_yaml_mapping(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_mapping(data, source=str(path))

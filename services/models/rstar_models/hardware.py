@@ -18,7 +18,7 @@ import functools
 import logging
 from pathlib import Path
 
-__all__ = ["cpu_flags", "cpu_has_fast_bf16", "preferred_dtype"]
+__all__ = ["cpu_flags", "cpu_has_fast_bf16", "cpu_model", "preferred_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,19 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
         if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (what a benchmark's speed depends on), else the architecture."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_has_fast_bf16(flags: frozenset[str]) -> bool:

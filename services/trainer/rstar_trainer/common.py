@@ -6,6 +6,9 @@
 * Checkpoints: transformers' `Trainer` writes `checkpoint-N/` in place, the trainer state
   file last. `resume_checkpoint()` deletes checkpoints a kill left without that file and
   returns the newest complete one, so a killed run resumes where it saved last.
+* `run_training()`: `trainer.train()` from the newest complete checkpoint, timed; a full
+  disk while a checkpoint is written is a clear error (the run resumes from the last
+  complete checkpoint once space is freed).
 * `atomic_output()`: a final model is written into a temporary sibling and renamed into
   place; a crash or a full disk never leaves half a model under the final name.
 * `ProgressLog`: loss, learning rate and tokens/s per logging step, to the log and to a
@@ -28,7 +31,8 @@ from typing import Any, Iterator
 
 from transformers import TrainerCallback
 
-__all__ = ["ProgressLog", "atomic_output", "check_model_dir", "precision_args", "resume_checkpoint"]
+__all__ = ["ProgressLog", "atomic_output", "check_model_dir", "precision_args", "resume_checkpoint", "run_metrics",
+           "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,39 @@ def resume_checkpoint(work_dir: str | Path) -> str | None:
     if not complete:
         return None
     return str(max(complete)[1])
+
+
+def run_training(trainer, work_dir: str | Path, label: str) -> tuple[Any, str | None, float]:
+    """Train (resuming if a checkpoint exists): (train output, checkpoint resumed from, seconds)."""
+    resume = resume_checkpoint(work_dir)
+    if resume:
+        log.info("%s resumes from %s", label, resume)
+    start = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise RuntimeError(f"no space left on the device while {label} wrote a checkpoint in {work_dir}: "
+                               "free space and run again (training resumes from its last complete "
+                               "checkpoint)") from None
+        raise
+    return result, resume, time.perf_counter() - start
+
+
+def run_metrics(kind: str, result, trainer, progress: "ProgressLog", train_s: float, resume: str | None,
+                dataset_hash: str) -> dict[str, Any]:
+    """What every training run reports: losses, steps, time, the checkpoint it resumed from."""
+    return {
+        "kind": kind,
+        "train_loss": result.training_loss,
+        "first_loss": progress.history[0]["loss"] if progress.history else None,
+        "last_loss": progress.history[-1]["loss"] if progress.history else None,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_s": round(train_s, 1),
+        "resumed_from": Path(resume).name if resume else None,
+        "dataset_hash": dataset_hash,
+    }
 
 
 @contextlib.contextmanager

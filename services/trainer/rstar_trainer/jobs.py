@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,20 @@ class TrainJob:
         return cls(**data)
 
 
-def run_train_job(job: TrainJob, store, registry, *, progress_bar: bool = True) -> dict[str, Any]:
+def run_train_job(job: TrainJob, store, registry, *, progress_bar: bool = True,
+                  trained_by: str | None = None) -> dict[str, Any]:
+    """Train, register and record the job's step; a step already done returns its result.
+
+    `trained_by` names the process that trains (a trainer worker's node name; default
+    host:pid), kept with the version's metrics and the step's result.
+    """
     done = store.get_evolve_step(job.run, job.round, job.step)
     if done is not None and done.state == "done":
         return done.result
     store.start_evolve_step(job.run, job.round, job.step)
+    trained_by = trained_by or f"{socket.gethostname()}:{os.getpid()}"
     try:
-        result = _train_and_register(job, registry, progress_bar)
+        result = _train_and_register(job, registry, progress_bar, trained_by)
     except BaseException as exc:
         store.fail_evolve_step(job.run, job.round, job.step, f"{type(exc).__name__}: {exc}")
         raise
@@ -112,7 +120,7 @@ def _launch(job: TrainJob, accelerate_config: str) -> Path:
     return work / "model"
 
 
-def _train_and_register(job: TrainJob, registry, progress_bar: bool) -> dict[str, Any]:
+def _train_and_register(job: TrainJob, registry, progress_bar: bool, trained_by: str) -> dict[str, Any]:
     from .datasets import load_training_set
 
     kind = STEPS[job.step]
@@ -121,7 +129,8 @@ def _train_and_register(job: TrainJob, registry, progress_bar: bool) -> dict[str
     if registered:
         version = registered[0]
         log.info("%s of run %s round %d is already registered as %s", kind, job.run, job.round, version.version)
-        return {"version": version.version, "path": version.path, "metrics": version.metrics}
+        return {"version": version.version, "path": version.path, "metrics": version.metrics,
+                "trained_by": version.metrics.get("trained_by")}
     _, info = load_training_set(job.dataset, "sft" if kind == "policy" else "ppm")
     accelerate_config = os.environ.get("RSTAR_ACCELERATE_CONFIG")
     out = _launch(job, accelerate_config) if accelerate_config else train_model(job, progress_bar=progress_bar)
@@ -130,9 +139,9 @@ def _train_and_register(job: TrainJob, registry, progress_bar: bool) -> dict[str
         out, kind=kind, round=job.round, run=job.run, parent=job.parent, base=job.base,
         datasets={Path(job.dataset).name: {"path": info.path, "content_hash": info.content_hash,
                                            "counts": info.manifest.get("counts", {})}},
-        train_config=record["config"], metrics=record["metrics"])
+        train_config=record["config"], metrics={**record["metrics"], "trained_by": trained_by})
     _remove_checkpoints(work / "checkpoints")
-    return {"version": version.version, "path": version.path, "metrics": record["metrics"]}
+    return {"version": version.version, "path": version.path, "metrics": record["metrics"], "trained_by": trained_by}
 
 
 def _remove_checkpoints(path: Path) -> None:

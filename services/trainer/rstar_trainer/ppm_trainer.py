@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from transformers import Trainer, TrainingArguments
 
 from rstar_reward.ppm import ProcessPreferenceModel, pairwise_loss
 
-from .common import ProgressLog, atomic_output, check_model_dir, precision_args, resume_checkpoint
+from .common import ProgressLog, atomic_output, check_model_dir, precision_args, run_metrics, run_training
+from .run_config import training_arguments
 from .datasets import load_training_set
 from .ppm_config import PPMConfig
 
@@ -73,54 +73,23 @@ def train_ppm(policy_dir: str | Path, dataset_dir: str | Path, out_dir: str | Pa
     train_set = data["train"]
     lengths = [len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"])) for r in train_set]
     args = TrainingArguments(
-        output_dir=str(work),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        **training_arguments(config, work, progress_bar=progress_bar),
         length_column_name="length",
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to="none",
-        disable_tqdm=not progress_bar,
-        dataloader_num_workers=0,
         remove_unused_columns=False,
         **precision_args(),
     )
     progress = ProgressLog(work, "ppm")
     trainer = _PairTrainer(model=model, args=args, train_dataset=train_set.add_column("length", lengths),
                            data_collator=_PairCollator(model.tokenizer, config.max_length), callbacks=[progress])
-    resume = resume_checkpoint(work)
-    if resume:
-        log.info("PPM training resumes from %s", resume)
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    train_s = time.perf_counter() - start
+    result, resume, train_s = run_training(trainer, work, "PPM training")
     model.eval()
     heldout = data["heldout"] if "heldout" in data else None
     metrics = {
-        "kind": "ppm",
-        "train_loss": result.training_loss,
-        "first_loss": progress.history[0]["loss"] if progress.history else None,
-        "last_loss": progress.history[-1]["loss"] if progress.history else None,
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
+        **run_metrics("ppm", result, trainer, progress, train_s, resume, info.content_hash),
         "train_pairs": len(train_set),
         "pairs_per_s": round(len(train_set) * (trainer.state.epoch or 0) / train_s, 2) if train_s else None,
-        "train_s": round(train_s, 1),
         "heldout_pairs": len(heldout) if heldout is not None else 0,
         "heldout_pair_accuracy": pair_accuracy(model, heldout, config) if heldout is not None else None,
-        "resumed_from": Path(resume).name if resume else None,
-        "dataset_hash": info.content_hash,
     }
     if not trainer.is_world_process_zero():
         return metrics  # under a multi-process launch the main process writes the model

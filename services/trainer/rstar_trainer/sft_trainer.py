@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from .common import ProgressLog, atomic_output, check_model_dir, precision_args, resume_checkpoint
+from .common import ProgressLog, atomic_output, check_model_dir, precision_args, run_metrics, run_training
+from .run_config import training_arguments
 from .datasets import load_training_set
 from .sft_config import SFTConfig
 
@@ -49,51 +49,20 @@ def train_sft(base_model: str | Path, dataset_dir: str | Path, out_dir: str | Pa
     work.mkdir(parents=True, exist_ok=True)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     args = TRLConfig(
-        output_dir=str(work),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        **training_arguments(config, work, progress_bar=progress_bar),
         max_length=config.max_length,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to="none",
-        disable_tqdm=not progress_bar,
-        dataloader_num_workers=0,
         completion_only_loss=True,
         **precision_args(),
     )
     progress = ProgressLog(work, "sft")
     trainer = SFTTrainer(model=model, args=args, train_dataset=data.select_columns(["prompt", "completion"]),
                          processing_class=tokenizer, callbacks=[progress])
-    resume = resume_checkpoint(work)
-    if resume:
-        log.info("SFT resumes from %s", resume)
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    train_s = time.perf_counter() - start
+    result, resume, train_s = run_training(trainer, work, "SFT")
     metrics = {
-        "kind": "sft",
-        "train_loss": result.training_loss,
-        "first_loss": progress.history[0]["loss"] if progress.history else None,
-        "last_loss": progress.history[-1]["loss"] if progress.history else None,
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
+        **run_metrics("sft", result, trainer, progress, train_s, resume, info.content_hash),
         "examples": len(data),
         "tokens": trainer.state.num_input_tokens_seen or _logged_tokens(trainer),
-        "train_s": round(train_s, 1),
-        "resumed_from": Path(resume).name if resume else None,
         "precision": "bf16-autocast" if args.bf16 else ("fp16" if args.fp16 else "float32"),
-        "dataset_hash": info.content_hash,
     }
     rates = [r["tokens_per_s"] for r in progress.history if r["tokens_per_s"]]
     metrics["tokens_per_s"] = round(sum(rates) / len(rates), 1) if rates else None

@@ -41,12 +41,12 @@ def _shared_registry():
         return _registry
 
 
-@app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
-def train(job: dict) -> str:
+@app.task(name=TRAIN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def train(self, job: dict) -> str:
     spec = TrainJob.from_json(job)
     registry = _shared_registry()
     try:
-        result = run_train_job(spec, registry.db, registry, progress_bar=False)
+        result = run_train_job(spec, registry.db, registry, progress_bar=False, trained_by=self.request.hostname)
     except Exception:
         log.exception("%s of run %s round %d failed", spec.step, spec.run, spec.round)
         return "failed"

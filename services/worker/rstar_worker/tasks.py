@@ -4,7 +4,10 @@
 runs MCTS with the policy, reward and executor services behind the core ports, and writes
 the result idempotently (a redelivered task never writes twice). A service that is
 unavailable makes the task retry with exponential backoff; a task that keeps failing ends
-in the `failed` state with its reason, never silently dropped.
+in the `failed` state with its reason, never silently dropped. The store being unreachable
+(PostgreSQL restarting) is an outage too: the whole task is retried later, for up to
+`RSTAR_DB_OUTAGE_RETRIES` times (about ten minutes), since nothing can be recorded meanwhile
+and acking the message would leave the task queued or running for good.
 
 Concurrency: run the worker with the threads pool (`-P threads -c N`): the N threads hand
 their searches to one event loop per process with one gRPC channel per service, so one
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 
 import grpc
 from celery import Task
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from rstar_core.config import config_from_mapping
 from rstar_core.mcts import MCTS
@@ -37,6 +41,9 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 MAX_RETRIES = int(os.environ.get("RSTAR_TASK_MAX_RETRIES", "6"))
+DB_OUTAGE_RETRIES = int(os.environ.get("RSTAR_DB_OUTAGE_RETRIES", "25"))
+# What the store raises while the database is down or restarting.
+DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
 class ServiceUnavailable(Exception):
@@ -87,8 +94,20 @@ def store() -> Store:
         return _store
 
 
-@app.task(name=SEARCH_TASK, bind=True, max_retries=MAX_RETRIES, acks_late=True, reject_on_worker_lost=True)
+@app.task(name=SEARCH_TASK, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
 def search(self: Task, task_id: int) -> str:
+    try:
+        return _search(self, task_id)
+    except DATABASE_DOWN as exc:
+        if self.request.retries >= DB_OUTAGE_RETRIES:
+            log.error("task %s: the store stayed unreachable through %d retries: %s", task_id,
+                      self.request.retries, exc)
+            raise
+        log.warning("task %s: the store is unreachable, retrying the task: %s", task_id, exc)
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30), max_retries=DB_OUTAGE_RETRIES)
+
+
+def _search(self: Task, task_id: int) -> str:
     db = store()
     spec = db.task_spec(task_id)
     if spec.state in ("done", "cancelled"):
@@ -104,12 +123,14 @@ def search(self: Task, task_id: int) -> str:
         result = future.result()
         written = db.record_result(task_id, result)
     except ServiceUnavailable as exc:
-        final = self.request.retries >= self.max_retries
+        final = self.request.retries >= MAX_RETRIES
         db.mark_failed(task_id, f"service unavailable: {exc}", final=final)
         if final:
             log.error("task %s failed for good after %d retries: %s", task_id, self.request.retries, exc)
             return "failed"
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 60))
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 60), max_retries=MAX_RETRIES)
+    except DATABASE_DOWN:
+        raise  # an outage of the store, not of the search: `search` retries the task
     except Exception as exc:
         # Not a transient outage: a bug or bad data. Record it and stop retrying.
         log.exception("task %s failed", task_id)

@@ -1,0 +1,71 @@
+"""Self-evolution recipes: the shipped ones load, every mistake in a file is named before anything runs."""
+
+from pathlib import Path
+
+import pytest
+
+from rstar_cli.evolve_recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD = """
+pool: {sources: [GSM8K], limit: 4, practice: {levels: [1, 2], n_per_level: 3, seed: 1}}
+bootstrap: {limit: 10}
+search:
+  1: {rollouts: 2, max_depth: 4}
+  3: {rollouts: 6, max_depth: 4}
+sft: {max_steps: 2}
+ppm: {max_steps: 2}
+eval: {gsm8k_limit: 5, search: {rollouts: 1}}
+promote: {tolerance: 0.01}
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["cpu", "paper"])
+def test_the_shipped_recipes_load(name):
+    recipe = load_recipe(REPO / "deploy" / "configs" / "evolve" / f"{name}.yaml")
+    assert recipe.name == name and recipe.search and recipe.eval.gsm8k_limit > 0
+    recipe.search_config(1)
+    recipe.eval_search_config()
+
+
+def test_a_recipe_gives_each_round_its_search_and_the_last_one_to_later_rounds(tmp_path):
+    recipe = load_recipe(_write(tmp_path, GOOD))
+    assert [recipe.search_config(r).rollouts for r in (1, 2, 3, 4)] == [2, 2, 6, 6]
+    assert recipe.search_config(2, prompt_format="sft").prompt_format == "sft"
+    assert recipe.pool.practice.levels == (1, 2) and recipe.pool.sources == ("GSM8K",)
+    assert recipe.bootstrap.limit == 10 and recipe.promote_tolerance == 0.01
+    greedy = recipe.greedy_config("sft")
+    assert greedy.temperature == 0.0 and greedy.expansion_width == 1 and greedy.rollouts == 1
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("promote: {tolerance: 0.01}", "promote: {tolerance: 0.01}\nrounds: 3"), r"unknown section\(s\) rounds"),
+    (("limit: 10}", "limt: 10}"), r"bootstrap: unknown key\(s\) limt"),
+    (("levels: [1, 2]", "levels: [1, 7]"), "pool.practice needs levels in 1..5"),
+    (("  3: {rollouts: 6", "  zero: {rollouts: 6"), "search keys are round numbers >= 1, got 'zero'"),
+    (("  1: {rollouts: 2,", "  1: {rolouts: 2,"), r"search.1: unknown config key\(s\) rolouts"),
+    (("sft: {max_steps: 2}", "sft: {max_steps: 0}"), "sft: max_steps must be -1"),
+    (("ppm: {max_steps: 2}", "ppm: {batch: 2}"), r"ppm: unknown key\(s\) batch"),
+    (("eval: {gsm8k_limit: 5,", "eval: {gsm8k_limt: 5,"), r"eval: unknown key\(s\) gsm8k_limt"),
+    (("bootstrap: {limit: 10}", "bootstrap: [1, 2]"), "bootstrap: expected a mapping"),
+])
+def test_mistakes_name_the_file_and_the_key(tmp_path, change, message):
+    path = _write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(ValueError, match=message) as error:
+        load_recipe(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_or_broken_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="recipe not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="invalid YAML"):
+        load_recipe(_write(tmp_path, "search: {1: [\n"))
+    with pytest.raises(ValueError, match="search must map round numbers"):
+        load_recipe(_write(tmp_path, "pool: {}\n"))
