@@ -77,13 +77,7 @@ class PeakMemory:
         while True:
             if time.monotonic() - refreshed >= self.refresh_s:
                 procs, refreshed = self._tree(), time.monotonic()
-            total = 0
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, total_rss(procs))
             if self._stop.wait(self.interval_s):
                 return
 
@@ -366,6 +360,17 @@ end to end ({RESEARCH_CODE['without_thread_oversubscription']} once its `torch.s
 <!-- search-bench:end -->
 """
     replace_section(path, "search-bench", section)
+
+
+def total_rss(procs) -> int:
+    """Summed RSS of the processes that are still there (one may exit while we read)."""
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
 
 
 def replace_section(path: Path, name: str, section: str) -> None:

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import psutil
 
-from search_bench import machine_line, replace_section, write_record
+from search_bench import machine_line, replace_section, total_rss, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = "make soak"
@@ -179,13 +179,7 @@ def tree_rss(pid: int) -> int | None:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return None
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+    return total_rss(procs)
 
 
 class QueueDepth:

@@ -19,7 +19,6 @@ Writes the "train" record of docs/benchmarks.json and its section of docs/benchm
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -35,9 +34,8 @@ WARMUP_STEPS = 2
 
 
 def sft_examples(limit: int):
-    from rstar_core.bootstrap import convert_gsm8k, verify
-    from rstar_core.curation import SFTExample
-    from rstar_executor import SandboxExecutor
+    from rstar_cli.evolve import verified_examples
+    from rstar_core.bootstrap import convert_gsm8k
 
     pool = Path(os.environ.get("RSTAR_DATA_DIR", REPO.parent / "shared" / "data")) / "train" / "problem_pool.jsonl"
     records = []
@@ -48,17 +46,9 @@ def sft_examples(limit: int):
                 records.append(record)
             if len(records) == limit:
                 break
-    conversions = [convert_gsm8k(r["question"], r["reference_solution"], str(r["id"])) for r in records]
-
-    async def run():
-        executor = SandboxExecutor()
-        try:
-            return await verify(conversions, executor)
-        finally:
-            await executor.close()
-
-    verified = asyncio.run(run())
-    return [SFTExample(t.problem.id, t.problem.question, tuple(t.steps), "bootstrap", 0) for t in verified.trajectories]
+    examples, _ = verified_examples([convert_gsm8k(r["question"], r["reference_solution"], str(r["id"]))
+                                     for r in records])
+    return examples
 
 
 def ppm_examples(sft):

@@ -152,8 +152,7 @@ class Evolver:
                 "practice": sum(practice_level(p.id) is not None for p in kept)}
 
     def _bootstrap(self, pool: dict[str, Any]) -> dict[str, Any]:
-        from rstar_core.bootstrap import convert_gsm8k, verify
-        from rstar_executor import SandboxExecutor
+        from rstar_core.bootstrap import convert_gsm8k
 
         records = [r for r in _read_jsonl(self.s.pool_file) if r.get("reference_solution")]
         eval_questions = _eval_questions(self.s.data_dir)
@@ -161,20 +160,10 @@ class Evolver:
         if self.recipe.bootstrap.limit is not None:
             kept_records = kept_records[:self.recipe.bootstrap.limit]
         conversions = [convert_gsm8k(r["question"], r["reference_solution"], str(r.get("id"))) for r in kept_records]
-
-        async def run():
-            executor = SandboxExecutor()
-            try:
-                return await verify(conversions, executor)
-            finally:
-                await executor.close()
-
-        verified = asyncio.run(run())
-        examples = [SFTExample(t.problem.id, t.problem.question, tuple(t.steps), "bootstrap", 0)
-                    for t in verified.trajectories]
+        examples, counts = verified_examples(conversions)
         path = self._dir(0) / "bootstrap.jsonl"
         _write_jsonl(path, [_example_json(e) for e in examples])
-        counts = {**verified.counts, "decontaminated": dropped}
+        counts = {**counts, "decontaminated": dropped}
         return {"path": str(path), "examples": len(examples), "counts": counts}
 
     def _search(self, round: int, pool: dict[str, Any]) -> dict[str, Any]:
@@ -409,6 +398,20 @@ class Evolver:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def verified_examples(conversions) -> tuple[list[SFTExample], dict[str, Any]]:
+    """Round 0's SFT examples: the converted solutions that print the ground truth in the sandbox."""
+    from rstar_core.bootstrap import verify
+    from rstar_executor import SandboxExecutor
+
+    async def run():
+        async with SandboxExecutor() as executor:
+            return await verify(conversions, executor)
+
+    verified = asyncio.run(run())
+    return ([SFTExample(t.problem.id, t.problem.question, tuple(t.steps), "bootstrap", 0)
+             for t in verified.trajectories], verified.counts)
 
 
 async def _solve(mcts, problems: Sequence[Problem], label: str) -> dict[str, Any]:
