@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import sys
 import tempfile
 import uuid
+import venv
 
 import pytest
 
@@ -162,3 +164,33 @@ def test_isolation_says_when_the_filesystem_is_not_isolated():
     assert (isolation["private_tmp"], isolation["read_only_fs"]) == (False, False)
     assert (result.extra["private_tmp"], result.extra["read_only_fs"]) == (False, False)
     assert result.stdout.strip() != "/tmp"  # a temp dir of its own instead
+
+
+def test_import_paths_under_tmp_stay_importable_and_read_only(tmp_path, monkeypatch):
+    # A checkout or virtualenv under /tmp (a clean clone there): the private tmpfs covers
+    # /tmp, yet the code must still import from it, lazily, and must not write there.
+    venv.create(tmp_path / "venv", with_pip=False, symlinks=True)
+    site = next((tmp_path / "venv" / "lib").glob("python*/site-packages"))
+    (site / "probe_pkg").mkdir()
+    (site / "probe_pkg" / "__init__.py").write_text("")
+    (site / "probe_pkg" / "lazy.py").write_text("VALUE = 42\n")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "bin" / "python"))
+    code = ("import probe_pkg.lazy\n"
+            "print(probe_pkg.lazy.VALUE)\n"
+            "try:\n"
+            "    open(probe_pkg.lazy.__file__ + '.new', 'w')\n"
+            "except OSError as exc:\n"
+            "    print(type(exc).__name__)\n")
+
+    async def main():
+        async with SandboxExecutor(SandboxSettings(pool_size=1, preload_modules=())) as ex:
+            if not ex.isolation["private_tmp"]:
+                pytest.skip("no private mount namespace here")
+            return await ex.run(code)
+
+    result = asyncio.run(main())
+    assert result.ok, result
+    value, refused = result.stdout.split()
+    assert value == "42"
+    assert refused in ("PermissionError", "OSError")  # EACCES (root's dirs) or EROFS
+    assert not os.path.exists(str(site / "probe_pkg" / "lazy.py.new"))

@@ -14,7 +14,8 @@ heap.
 
 Once per execution, ahead of time: fork the next child while the worker is idle. The child
 calls setsid, redirects stdin/stdout/stderr, closes every other inherited fd, enters a mount
-namespace of its own with one fresh size-limited tmpfs on /tmp, /var/tmp and /dev/shm (or,
+namespace of its own with one fresh size-limited tmpfs on /tmp, /var/tmp and /dev/shm (import
+paths that lie there, a checkout or virtualenv under /tmp, bound back read-only; or,
 where mount namespaces are not permitted, gets a fresh temp dir the worker created), chdirs
 into its temp dir, sets rlimits, drops to nobody, arms PDEATHSIG, sets no_new_privs, loads
 the seccomp filter, and then blocks reading its code from a pipe. So a request only pays
@@ -268,6 +269,8 @@ class Worker:
 
         # Last: the imports above may still have wanted to write somewhere.
         self.private_tmp: tuple[str, ...] = ()
+        # Import paths the private tmpfs would hide (a checkout or virtualenv under /tmp).
+        self.tmp_import_paths: tuple[str, ...] = ()
         self.tmpfs_options = (f"size={config['tmpfs_bytes']},nr_inodes={_TMPFS_INODES},"
                               "mode=0755")
         self.read_only = False
@@ -334,18 +337,20 @@ class Worker:
                                  "write there wherever its uid may")
         targets = tuple(dict.fromkeys(
             os.path.realpath(d) for d in _PRIVATE_TMP_DIRS if os.path.isdir(d)))
+        import_paths = _import_paths_under(targets)
         # A throwaway child tries what every child will do, so that a refused mount shows up
         # here once instead of failing every execution.
         pid = os.fork()
         if pid == 0:
             try:
-                _mount_private_tmp(self.base_dir, targets, self.tmpfs_options)
+                _mount_private_tmp(self.base_dir, targets, self.tmpfs_options, import_paths)
                 os._exit(0)
             except BaseException:
                 os._exit(1)
         _, status = os.waitpid(pid, 0)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and targets:
             self.private_tmp = targets
+            self.tmp_import_paths = import_paths
         else:
             self.warnings.append("could not mount a private tmpfs: code shares /tmp, "
                                  "/var/tmp and /dev/shm with the host")
@@ -467,7 +472,8 @@ class Worker:
             os._exit(_SETUP_FAILED_EXIT)  # no record: fd 3 may not be the report pipe yet
         try:
             if self.private_tmp:
-                _mount_private_tmp(self.base_dir, self.private_tmp, self.tmpfs_options)
+                _mount_private_tmp(self.base_dir, self.private_tmp, self.tmpfs_options,
+                                   self.tmp_import_paths)
             os.chdir(workdir)
             for limit, soft, hard in self.rlimits:
                 resource.setrlimit(limit, (soft, hard))
@@ -805,9 +811,20 @@ def _remount_read_only() -> list[str]:
     return failed
 
 
-def _mount_private_tmp(staging: str, targets: tuple[str, ...], options: str) -> None:
+def _import_paths_under(targets: tuple[str, ...]) -> tuple[str, ...]:
+    """The outermost sys.path directories that lie under one of `targets` (a checkout or a
+    virtualenv in /tmp): the private tmpfs would hide them, so they are bound back on top."""
+    paths = [p for p in dict.fromkeys(map(os.path.realpath, sys.path))
+             if os.path.isdir(p) and any(p.startswith(t + os.sep) for t in targets)]
+    return tuple(p for p in paths if not any(p.startswith(q + os.sep) for q in paths))
+
+
+def _mount_private_tmp(staging: str, targets: tuple[str, ...], options: str,
+                       import_paths: tuple[str, ...] = ()) -> None:
     """In a new mount namespace of the calling child: one fresh tmpfs with a subdirectory
-    (mode 1777) bound on each target. One tmpfs, so `options`' size bounds them together."""
+    (mode 1777) bound on each target. One tmpfs, so `options`' size bounds them together.
+    Each of `import_paths` (under a target) is bound back at its place, read-only as the
+    worker's remount left it, inside root-owned directories the code cannot change."""
     if _LIBC.unshare(_CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
@@ -815,11 +832,21 @@ def _mount_private_tmp(staging: str, targets: tuple[str, ...], options: str) -> 
     # Relative sources resolve from the cwd, which stays in the new tmpfs even once a
     # target that contains `staging` (/tmp, usually) is covered.
     os.chdir(staging)
+    # Staged before the targets are covered, while their sources are still visible.
+    staged = []
+    for index, path in enumerate(import_paths):
+        stage = f"import{index}"
+        os.mkdir(stage)
+        _mount(path, stage, None, _MS_BIND | _MS_REC)
+        staged.append((stage, path))
     for index, target in enumerate(targets):
         name = str(index)
         os.mkdir(name)
         os.chmod(name, 0o1777)
         _mount(name, target, None, _MS_BIND)
+    for stage, path in staged:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(stage, path, None, _MS_MOVE)
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
