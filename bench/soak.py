@@ -6,7 +6,7 @@
    Celery worker processes (2).
 2. Enqueues `--problems` GSM8K test problems (1000; the file is cycled under new ids when
    that is more than it holds) at once through `rstar enqueue`, with a small search
-   (width 2, 2 rollouts, depth 3, 48 tokens per step): each problem is cheap, the run is
+   (width 2, 1 rollout, depth 2, 32 tokens per step): each problem is cheap, the run is
    about load and recovery, not accuracy.
 3. While they run: every `--sample-s` seconds the ready messages of the search queue (a
    passive queue declare), the RSS of every stack process tree (pids from the stack's
@@ -88,11 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--faults", default=",".join(FAULTS),
                         help=f"comma list of {', '.join(FAULTS)} (default: all); '' for none")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=8, help="searches at once per worker process")
+    parser.add_argument("--concurrency", type=int, default=12, help="searches at once per worker process")
     parser.add_argument("--width", type=int, default=2)
-    parser.add_argument("--rollouts", type=int, default=2)
-    parser.add_argument("--max-depth", type=int, default=3)
-    parser.add_argument("--max-tokens-per-step", type=int, default=48)
+    parser.add_argument("--rollouts", type=int, default=1)
+    parser.add_argument("--max-depth", type=int, default=2)
+    parser.add_argument("--max-tokens-per-step", type=int, default=32)
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--executor-stop-s", type=float, default=30.0)
     parser.add_argument("--timeout-s", type=float, default=6 * 3600.0, help="give up on the run after this long")
