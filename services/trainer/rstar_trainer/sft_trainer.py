@@ -11,6 +11,13 @@ FlashAttention would let examples attend to each other, and on a CPU there is no
 killed at any point continues when called again with the same arguments; the final model
 (bf16 safetensors + tokenizer) is written atomically to `out_dir`.
 
+On devices without Triton (CPUs) the loss is the model's own forward (`_NativeLossSFTTrainer`):
+TRL's fused LM head falls back there to torch tiles that score every position (prompt and
+padding too), fold entropy and top-1 statistics over the whole vocabulary in fp32,
+recompute the head in the backward and accumulate its gradient GEMMs in fp32, which cost
+a third of the step on this model (docs/benchmarks.md, "Training speed"). The loss is the same
+(mean NLL over completion tokens); the logged metrics are the same except entropy.
+
 Not here: choosing examples, registering the version (`rstar_models.registry`).
 """
 
@@ -55,7 +62,8 @@ def train_sft(base_model: str | Path, dataset_dir: str | Path, out_dir: str | Pa
         **precision_args(),
     )
     progress = ProgressLog(work, "sft")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data.select_columns(["prompt", "completion"]),
+    trainer_cls = SFTTrainer if _fused_head_pays(model) else _native_loss_trainer()
+    trainer = trainer_cls(model=model, args=args, train_dataset=data.select_columns(["prompt", "completion"]),
                          processing_class=tokenizer, callbacks=[progress])
     result, resume, train_s = run_training(trainer, work, "SFT")
     metrics = {
@@ -76,6 +84,41 @@ def train_sft(base_model: str | Path, dataset_dir: str | Path, out_dir: str | Pa
              "dataset": {"path": info.path, **info.manifest}}, indent=2) + "\n")
     log.info("SFT done: %d steps, loss %.4f -> %s", metrics["steps"], metrics["train_loss"], out_dir)
     return metrics
+
+
+def _fused_head_pays(model) -> bool:
+    """Whether TRL's fused LM head runs its Triton kernels here (CUDA/XPU), where it saves
+    memory at little cost; elsewhere its torch fallback is slower than the plain head."""
+    from trl.kernels.chunked_logprob import _use_triton
+
+    return _use_triton(next(model.parameters()).device)
+
+
+def _native_loss_trainer():
+    """`SFTTrainer` with the model's own forward as the loss (see the module docstring)."""
+    import torch
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class _NativeLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            inputs["use_cache"] = False
+            loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            with torch.no_grad():  # mean_token_accuracy and num_tokens, as SFTTrainer logs them
+                labels = inputs["labels"][:, 1:]
+                mask = labels != -100
+                correct = (outputs.logits[:, :-1].argmax(-1) == labels) & mask
+                valid = int(mask.sum())
+                self._metrics[mode]["mean_token_accuracy"].append(int(correct.sum()) / valid if valid else 0.0)
+                if mode == "train":
+                    self._total_train_tokens += int(self.accelerator.gather_for_metrics(
+                        inputs["attention_mask"].sum()).sum())
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, outputs) if return_outputs else loss
+
+    return _NativeLossSFTTrainer
 
 
 def _logged_tokens(trainer) -> int:

@@ -17,7 +17,7 @@ import os
 from celery import Celery
 from kombu import Exchange, Queue
 
-__all__ = ["EVAL_QUEUE", "SEARCH_QUEUE", "SEARCH_TASK", "TRAIN_QUEUE", "app", "broker_url"]
+__all__ = ["EVAL_QUEUE", "SEARCH_QUEUE", "SEARCH_TASK", "SEED_OFFSET_KEY", "TRAIN_QUEUE", "app", "broker_url"]
 
 # A prefix keeps deployments (or test runs) that share one broker apart.
 QUEUE_PREFIX = os.environ.get("RSTAR_QUEUE_PREFIX", "")
@@ -25,6 +25,10 @@ SEARCH_QUEUE = QUEUE_PREFIX + "search"
 EVAL_QUEUE = QUEUE_PREFIX + "eval"
 TRAIN_QUEUE = QUEUE_PREFIX + "train"
 SEARCH_TASK = "rstar.search"
+# A batch config may carry this key beside the search settings: the task's search then runs
+# with `seed_offset` (how `rstar eval` draws sample k of N as its own search, exactly as it
+# does in-process). Absent: 0.
+SEED_OFFSET_KEY = "seed_offset"
 MAX_PRIORITY = 9
 
 
@@ -51,6 +55,13 @@ app.conf.update(
     # Results live in PostgreSQL, not in a Celery backend.
     task_ignore_result=True,
     broker_connection_retry_on_startup=True,
+    # Off: after a broker restart Celery lowers the prefetch count and restores it from the
+    # ack callbacks, which with the threads pool run in pool threads and call basic.qos on
+    # the consumer's connection beside the main loop. py-amqp is not thread-safe: the soak
+    # (docs/reliability.md) caught a worker deadlocked in two concurrent basic_qos reads,
+    # consuming nothing until killed. Without the reduction a reconnected worker may hold
+    # up to twice its concurrency of unacked deliveries for a while; acks stay late.
+    worker_enable_prefetch_count_reduction=False,
     worker_hijack_root_logger=False,
     # A search can take long; the broker must not drop the unacked delivery meanwhile
     # (RabbitMQ's consumer_timeout is raised in deploy/rabbitmq/ as well).
