@@ -167,3 +167,18 @@ def test_a_full_disk_leaves_no_half_model(model_dir, sft_set, tmp_path, monkeypa
         train_sft(model_dir, sft_set, tmp_path / "out", tmp_path / "work", SFTConfig(max_steps=1, save_steps=5,
                   **{k: v for k, v in TINY_SFT.items() if k != "save_steps"}), progress_bar=False)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_cpu_native_loss_equals_trls_fused_head(model_dir, sft_set, sft_run, tmp_path, monkeypatch):
+    # On a CPU `train_sft` uses the model's own loss (`_NativeLossSFTTrainer`) instead of TRL's
+    # fused LM head: one step through the fused head must log the same loss and accuracy.
+    import rstar_trainer.sft_trainer as sft_trainer
+
+    metrics, root = sft_run
+    assert not sft_trainer._fused_head_pays(torch.nn.Linear(1, 1))  # this is the native path
+    native = json.loads((root / "work" / "progress.jsonl").read_text().splitlines()[0])
+    monkeypatch.setattr(sft_trainer, "_fused_head_pays", lambda model: True)
+    sft_trainer.train_sft(model_dir, sft_set, tmp_path / "out", tmp_path / "work",
+                          SFTConfig(max_steps=1, **TINY_SFT), progress_bar=False)
+    fused = json.loads((tmp_path / "work" / "progress.jsonl").read_text().splitlines()[0])
+    assert fused["loss"] == pytest.approx(native["loss"], rel=2e-3)
