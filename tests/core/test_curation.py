@@ -7,7 +7,9 @@ from rstar_core.curation import (
     SFTExample,
     decontaminate,
     normalise_question,
+    orm_examples,
     ppm_examples,
+    pqm_examples,
     sft_examples,
     split_by_problem,
     union_sft,
@@ -37,6 +39,17 @@ def test_ppm_examples_keep_the_problem_id_for_the_split():
     assert pairs and {p.problem_id for p in pairs} == {"p9"}
     assert all(p.q_chosen > p.q_rejected for p in pairs)
     assert any(p.whole_solution for p in pairs)
+
+
+def test_orm_and_pqm_examples_come_from_the_same_tree_with_its_problem_id():
+    tree = mixed_tree()
+    tree.problem = Problem("q?", "7", id="p9")
+    orm = orm_examples([tree], round=3)
+    assert [(e.steps[-1], e.correct) for e in orm] == [("\\boxed{7}", True), ("\\boxed{6}", False),
+                                                        ("\\boxed{8}", False)]
+    pqm = pqm_examples([tree], round=3)
+    assert len(pqm) == 5 and {(e.problem_id, e.round, e.question) for e in orm + pqm} == {("p9", 3, "q?")}
+    assert [e.q for e in pqm] == [0.0, -1.0, 1.0, -1.0, -1.0]
 
 
 def test_split_is_by_problem_stable_and_near_the_fraction():

@@ -1,4 +1,11 @@
-from rstar_core.data import build_ppm_pairs, difficulty, select_sft, trajectories
+from rstar_core.data import (
+    build_ppm_pairs,
+    difficulty,
+    outcome_trajectories,
+    select_sft,
+    step_values,
+    trajectories,
+)
 from rstar_core.types import NodeKind, Problem, TerminalReason, Tree
 
 
@@ -69,3 +76,26 @@ def test_ppm_pairs_need_both_outcomes():
     easy = Tree.new(Problem("q?", "7"))
     _terminal(easy, easy.root, TerminalReason.ANSWER, 1.0, kind=NodeKind.ANSWER, answer="7", correct=True)
     assert build_ppm_pairs(easy) == []
+
+
+def test_orm_examples_are_the_graded_whole_solutions():
+    trajs = outcome_trajectories(mixed_tree())
+    assert [(t.steps, t.correct) for t in trajs] == [(("# a\nx = 7", "\\boxed{7}"), True),
+                                                     (("# a\nx = 7", "\\boxed{6}"), False),
+                                                     (("# b\nx = 8", "\\boxed{8}"), False)]
+
+
+def test_pqm_steps_are_the_ppms_steps_with_their_q_once_each():
+    steps = step_values(mixed_tree())
+    # Breadth first; C (only a code error below it) is left out as from the PPM pairs.
+    assert [(s.steps, s.q) for s in steps] == [
+        (("# a\nx = 7",), 0.0), (("# b\nx = 8",), -1.0),
+        (("# a\nx = 7", "\\boxed{7}"), 1.0), (("# a\nx = 7", "\\boxed{6}"), -1.0), (("# b\nx = 8", "\\boxed{8}"), -1.0)]
+    assert len({s.node_id for s in steps}) == len(steps)
+
+
+def test_orm_and_pqm_use_only_the_ppms_trees():
+    easy = Tree.new(Problem("q?", "7"))
+    step = easy.add_child(easy.root, kind=NodeKind.CODE, text="s")
+    _terminal(easy, step, TerminalReason.ANSWER, 1.0, kind=NodeKind.ANSWER, answer="7", correct=True)
+    assert build_ppm_pairs(easy) == outcome_trajectories(easy) == step_values(easy) == []

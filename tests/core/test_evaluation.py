@@ -13,10 +13,12 @@ from rstar_core.evaluation import (
     group_answers,
     majority_vote,
     method_config,
+    method_label,
     pick_from_samples,
     pick_from_tree,
     ppm_weighted_vote,
     sample_from_tree,
+    scorer_of,
     tree_answers,
     weighted_vote,
 )
@@ -225,3 +227,69 @@ def test_width_1_searches_are_complete_independent_samples():
     assert len(policy.requests) == 8 and all(r.n == 1 for r in policy.requests)
     pick = pick_from_samples("maj", samples, 3)
     assert pick.prediction == "7" and pick.tokens == sum(s.tokens for s in samples[:3])
+
+
+# ---------------------------------------------------------------------- scorers (the reward-model ablation)
+
+
+def test_each_method_has_its_scorer():
+    assert [scorer_of(m) for m in ("greedy", "maj", "bon-ppm", "bon-pqm", "bon-orm")] == [None, None, "ppm", "pqm",
+                                                                                          "orm"]
+    assert scorer_of("mcts") == "ppm" and scorer_of("mcts-vote", "orm") == "orm"
+    assert [method_label("mcts"), method_label("mcts", "ppm"), method_label("mcts-vote", "pqm"),
+            method_label("bon-orm", "orm"), method_label("maj")] == ["mcts", "mcts", "mcts-vote-pqm", "bon-orm", "maj"]
+
+
+@pytest.mark.parametrize("method,scorer,message", [
+    ("bon-orm", "ppm", "bon-orm scores with the ORM: a ppm scorer does not apply"),
+    ("maj", "orm", "maj uses no reward model"),
+    ("mcts", "prm", "unknown scorer 'prm': one of ppm, orm, pqm"),
+    ("best", None, "unknown method"),
+])
+def test_a_scorer_that_contradicts_the_method_is_refused(method, scorer, message):
+    with pytest.raises(ValueError, match=message):
+        scorer_of(method, scorer)
+
+
+def test_every_best_of_n_scores_the_whole_sampled_solution():
+    for method in ("bon-orm", "bon-pqm"):
+        config = method_config(method, BASE, 4)
+        assert config.terminal_reward == "ppm" and not config.use_ppm_init and config.expansion_width == 1
+
+
+def _three_answers(prompt, call):
+    # Sample k (two policy calls each) answers 7, 8, 9, 7, ...: the scorers disagree on them.
+    tail = prompt.rsplit("<|im_start|>assistant\n", 1)[1]
+    if not tail:
+        return [("# Sam has 3 apples and gets 4.\nprint(3 + 4)", OUTPUT_STOP)]
+    return [(f"The answer is \\boxed{{{7 + (call // 2) % 3}}}.", None)]
+
+
+# What each fake reward model thinks of a solution's answer step: they prefer different answers.
+PREFERS = {"ppm": "7", "pqm": "8", "orm": "9"}
+
+
+def _fake_scorer(kind):
+    return FixedReward(lambda item: 0.9 if f"boxed{{{PREFERS[kind]}}}" in item.steps[-1] else -0.2)
+
+
+@pytest.mark.parametrize("method", ["bon-ppm", "bon-pqm", "bon-orm"])
+def test_best_of_n_picks_what_its_scorer_prefers(method):
+    scorer = scorer_of(method)
+    policy = ScriptedPolicy(_three_answers)
+    reward = _fake_scorer(scorer)
+    mcts = MCTS(policy, InlineExecutor(), method_config(method, SearchConfig(max_depth=4, temperature=0.7), 1),
+                reward=reward)
+
+    async def draw():
+        return [await mcts.search(Problem("Sam has 3 apples and gets 4 more. How many?"), seed_offset=k)
+                for k in range(3)]
+
+    samples = [sample_from_tree(r.tree, r.wall_s) for r in asyncio.run(draw())]
+    assert [s.answer for s in samples] == ["7", "8", "9"]
+    pick = pick_from_samples(method, samples, 3)
+    assert pick.prediction == PREFERS[scorer] and pick.score == pytest.approx(0.9)
+    # The scorer saw whole solutions only (width 1, no initial values): one call per sample.
+    assert len(reward.calls) == 3 and all(len(c[0].steps) == 2 for c in reward.calls)
+    # With two samples the ORM's favourite (the third) is not drawn: the best of the first two wins.
+    assert pick_from_samples(method, samples, 2).prediction == ("7" if scorer != "pqm" else "8")

@@ -21,7 +21,8 @@ MAIN = REPO / "docker-compose.yml"
 GPU = REPO / "docker-compose.gpu.yml"
 
 # Settings the stack cannot start without (`${VAR?message}` in the compose file).
-REQUIRED_ENV = {"POSTGRES_PASSWORD": "test-pg-password", "RABBITMQ_PASSWORD": "test-mq-password"}
+REQUIRED_ENV = {"POSTGRES_PASSWORD": "test-pg-password", "RABBITMQ_PASSWORD": "test-mq-password",
+                "RSTAR_WEB_TOKEN": "test-web-token-0123456789"}
 # Run to completion (or by hand), so no healthcheck.
 ONE_SHOT = {"migrate", "model-init", "cli"}
 # Started with --scale: no container_name, no published host port.
@@ -209,7 +210,7 @@ def test_every_built_image_has_a_dockerfile_that_generates_the_stubs():
 
 def test_only_the_executor_and_cli_images_run_as_root():
     for dockerfile in ("policy/Dockerfile", "policy/Dockerfile.gpu", "reward/Dockerfile",
-                       "worker/Dockerfile", "trainer/Dockerfile"):
+                       "worker/Dockerfile", "trainer/Dockerfile", "web/Dockerfile"):
         users = [line.split()[1] for line in (REPO / "services" / dockerfile).read_text().splitlines()
                  if line.startswith("USER ")]
         assert users and users[-1] == "rstar", dockerfile

@@ -17,7 +17,7 @@ from rstar_store.db import alembic_config, database_url
 from rstar_store.models import Base
 
 TABLES = {"runs", "batches", "problems", "search_tasks", "search_results", "trajectories", "model_versions",
-          "model_promotions", "evolve_steps"}
+          "model_promotions", "evolve_steps", "search_snapshots"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,12 +1,19 @@
-"""Training sets on disk: manifests, the PPM text contract with serving, clear errors on bad input."""
+"""Training sets on disk: manifests, the PPM/ORM/PQM text contract with serving, clear errors on bad input."""
 
 import json
 
 import pytest
 
-from rstar_core.curation import PPMExample, SFTExample
+from rstar_core.curation import ORMExample, PPMExample, PQMExample, SFTExample
 from rstar_reward.ppm import render_prefix
-from rstar_trainer.datasets import MANIFEST, load_training_set, write_ppm_dataset, write_sft_dataset
+from rstar_trainer.datasets import (
+    MANIFEST,
+    load_training_set,
+    write_orm_dataset,
+    write_ppm_dataset,
+    write_pqm_dataset,
+    write_sft_dataset,
+)
 
 STEPS = ("# Two apples and three more.\nx = 2 + 3", "# Print the answer.\nprint(x)\nOutput: 5",
          "The answer is \\boxed{5}.")
@@ -68,3 +75,37 @@ def test_rewriting_a_set_replaces_it_whole(tmp_path):
     write_sft_dataset(_sft(2), tmp_path / "sft", round=2, sources={})
     data, info = load_training_set(tmp_path / "sft", "sft")
     assert len(data) == 2 and json.loads((tmp_path / "sft" / MANIFEST).read_text())["round"] == 2
+
+
+def test_orm_and_pqm_sets_render_what_the_reward_model_scores_split_by_problem(tmp_path):
+    orm = [ORMExample("p1", "Q1?", STEPS, True, 2), ORMExample("p1", "Q1?", (STEPS[0], "The answer is \\boxed{6}."),
+                                                              False, 2),
+           ORMExample("p2", "Q2?", STEPS, True, 2)]
+    info = write_orm_dataset(orm, {"p2"}, tmp_path / "orm", round=2, sources={"run": "r"})
+    data, loaded = load_training_set(tmp_path / "orm", "orm")
+    assert loaded.content_hash == info.content_hash and loaded.manifest["round"] == 2
+    assert loaded.manifest["counts"] == {"examples": 3, "train_examples": 2, "heldout_examples": 1, "problems": 2,
+                                         "heldout_problems": 1, "correct": 2}
+    assert [r["label"] for r in data["train"]] == [1, 0] and data["heldout"][0]["problem_id"] == "p2"
+    assert data["train"][1]["text"] == render_prefix("Q1?", orm[1].steps)
+
+    pqm = [PQMExample("p1", "Q1?", STEPS[:1], 0.25, 2), PQMExample("p1", "Q1?", STEPS, 1.0, 2),
+           PQMExample("p3", "Q3?", STEPS[:2], -0.5, 2)]
+    write_pqm_dataset(pqm, {"p3"}, tmp_path / "pqm", round=2, sources={})
+    data, loaded = load_training_set(tmp_path / "pqm", "pqm")
+    assert loaded.manifest["kind"] == "pqm" and loaded.manifest["counts"]["train_examples"] == 2
+    assert [(r["text"], r["q"], r["depth"]) for r in data["train"]] == [
+        (render_prefix("Q1?", STEPS[:1]), 0.25, 1), (render_prefix("Q1?", STEPS), 1.0, 3)]
+    assert data["heldout"][0]["q"] == -0.5
+
+
+def test_orm_and_pqm_bad_input_is_named(tmp_path):
+    with pytest.raises(ValueError, match="no ORM examples"):
+        write_orm_dataset([], set(), tmp_path / "x", round=1, sources={})
+    with pytest.raises(ValueError, match="outside \\[-1, 1\\]"):
+        write_pqm_dataset([PQMExample("p1", "Q?", STEPS, 1.5, 1)], set(), tmp_path / "x", round=1, sources={})
+    with pytest.raises(ValueError, match="every PQM row fell into the held-out split"):
+        write_pqm_dataset([PQMExample("p1", "Q?", STEPS, 0.5, 1)], {"p1"}, tmp_path / "x", round=1, sources={})
+    write_orm_dataset([ORMExample("p1", "Q?", STEPS, True, 1)], set(), tmp_path / "orm", round=1, sources={})
+    with pytest.raises(ValueError, match="is a 'orm' set, not 'pqm'"):
+        load_training_set(tmp_path / "orm", "pqm")

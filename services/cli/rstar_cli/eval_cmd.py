@@ -1,14 +1,16 @@
 """`rstar eval`: one test-time method on a benchmark, in-process, with reports that compare.
 
-    rstar eval --benchmark NAME|FILE --method M [--n N[,N...]] [--limit K] [--policy V] [--ppm V]
-               [--out DIR] [--config RECIPE] [--set KEY=VALUE ...]
+    rstar eval --benchmark NAME|FILE --method M [--n N[,N...]] [--limit K] [--policy V]
+               [--ppm V] [--orm V] [--pqm V] [--scorer ppm|orm|pqm]
+               [--distributed] [--run EVOLVE_RUN] [--out DIR] [--config RECIPE] [--set KEY=VALUE ...]
 
 * Benchmarks: a name (math500, gsm8k, aime2024, amc23, olympiadbench, collegemath,
   gaokao2023en, omni, MATH; read from ``$RSTAR_DATA_DIR/eval``), ``practice`` (the held-out
   split of the graded practice problems, ``--levels``, ``--per-level``), or a JSON/JSONL
   problem file (the loader of `rstar solve --file`).
-* Methods (`rstar_core.evaluation`): greedy, maj, bon-ppm, mcts, mcts-vote. ``--n`` is the
-  number of samples (maj, bon-ppm) or rollouts (mcts, mcts-vote); a list reports each N.
+* Methods (`rstar_core.evaluation`): greedy, maj, bon-ppm, bon-pqm, bon-orm, mcts, mcts-vote.
+  ``--n`` is the number of samples (maj, bon-*) or rollouts (mcts, mcts-vote); a list
+  reports each N.
   Samples are drawn once at the largest N and the smaller N use the first of them; the
   tree methods run one search per N.
 * Budgets: the recipe ``--config`` (default ``eval``, `deploy/configs/eval.yaml`) with
@@ -16,23 +18,45 @@
   the sampling methods, temperature 0 for greedy, N rollouts and PPM terminal values for
   the tree methods). The prompt format follows the policy (a registered fine-tuned version:
   ``sft``; any other model: ``base``) unless ``--set prompt_format=...``.
-* Models: ``--policy`` / ``--ppm`` take a directory or a version of the registry (looked up
-  in the store, `RSTAR_DATABASE_URL`). Defaults: policy ``RSTAR_MODEL``, else the bundled
-  model; PPM ``RSTAR_REWARD_MODEL``, else the promoted PPM. Methods that need a PPM refuse to
+* Models: ``--policy`` / ``--ppm`` / ``--orm`` / ``--pqm`` take a directory or a version of
+  the registry (looked up in the store, `RSTAR_DATABASE_URL`). Defaults: policy
+  ``RSTAR_MODEL``, else the bundled model; PPM ``RSTAR_REWARD_MODEL``, else the promoted PPM;
+  ORM and PQM the promoted version of their kind. Methods that need a reward model refuse to
   run without one (never an untrained head).
+* Scorers (the reward-model ablation, Table 8 of the paper): ``bon-ppm`` / ``bon-pqm`` /
+  ``bon-orm`` pick by the PPM, PQM or ORM; ``mcts`` and ``mcts-vote`` search with the PPM,
+  or with the model ``--scorer orm|pqm`` names (their rows are labelled ``mcts-orm``, ...).
+  Without a reward model: a recipe whose ``terminal_reward`` is ``confidence`` (``--config
+  marco``, ``marco-ministep``, ``marco-reflect``: Marco-o1) makes ``mcts`` / ``mcts-vote`` value
+  answers by the policy's token confidence (rows ``mcts-confidence``; ``--scorer confidence``
+  does the same with any recipe that needs no PPM).
+  One flag per kind, rather than one ``--reward`` flag whose kind is read from the model,
+  so a command says what it compares, and a model of the wrong kind (a PPM given as
+  ``--orm``: by its registry kind, or by the ``objective`` in its ``rstar_ppm.json``) is an
+  error, not a silent change of experiment. Rows record the scorer's version under its kind
+  (``versions: {policy, orm}``).
 * The gold answer is hidden from the search (no terminal rewards from it, no extra
   rollouts for unsolved items) and only used to grade the picked answer afterwards.
 * Resumable: items are written one at a time to ``<out>/items.jsonl``; a re-run computes
   only the (item, N) rows missing for this method, these model versions and this config.
   Reports (`eval_report`) are rewritten from every row in the folder at the end.
+* ``--distributed``: the same plan, searches and rows, but every search runs as a task on
+  the ``eval`` queue (workers and services of a running stack, `eval_distributed`); the
+  rows record the versions the services' results report.
+* ``--run NAME`` (an `rstar evolve` run): the folder defaults to
+  ``<work-dir>/<NAME>/eval/<benchmark>-<method>`` (where `rstar report NAME` finds it),
+  and the run's round table is written beside the reports with its accuracy-per-round plot
+  (`report`), on which this evaluation's accuracy appears at the round whose policy it ran.
 
 Bad input (unknown benchmark or method, N < 1, a version that is not in the registry, a
-PPM method without a PPM, ...) ends with one ``rstar: error: ...`` line and exit code 2
+method without its reward model, a reward model of another kind, a ``--scorer`` that
+contradicts the method, ...) ends with one ``rstar: error: ...`` line and exit code 2
 before any model loads. A search that raises marks its item failed (nothing written, so a
 re-run retries it) and the command exits 1.
 
 Not here: the selection logic (`rstar_core.evaluation`), the report files (`eval_report`),
-distributed evaluation and trained ORM/PQM baselines (later phases of issue 15).
+the queue and store side of ``--distributed`` (`eval_distributed`), the round plot and
+`rstar report` (`report`), training the ORM/PQM baselines (`rstar_trainer.ppm_trainer`).
 """
 
 from __future__ import annotations
@@ -52,7 +76,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rstar_core.config import SearchConfig
-from rstar_core.evaluation import METHODS, PPM_METHODS, SAMPLE_METHODS, method_config
+from rstar_core.evaluation import (CONFIDENCE, METHODS, SAMPLE_METHODS, SCORERS, method_config, method_label,
+                                   scorer_of)
 from rstar_core.types import Problem
 
 __all__ = ["BENCHMARKS", "add_eval_parser"]
@@ -88,35 +113,57 @@ class _Plan:
     benchmark: str
     items: list[Problem]
     method: str
+    # The method's name in rows and reports (`evaluation.method_label`: mcts-orm, ...).
+    label: str
     ns: list[int]
     # None: the bundled model, prepared after validation.
     policy_dir: Path | None
+    # The reward model the method scores with (ppm, orm or pqm; None: none) and its
+    # directory (a PPM's, or the ORM's / PQM's the scorer names).
+    scorer: str | None
     ppm_dir: Path | None
     # The budgets (recipe, --set, prompt format) before the method fixes its own settings.
     base: SearchConfig
-    # Search settings by job key: N (greedy, tree methods) or "sample" (maj, bon-ppm).
+    # Search settings by job key: N (greedy, tree methods) or "sample" (maj, bon-*).
     configs: dict[Any, SearchConfig]
     # Digest of `base`: rows of one method from other budgets are another experiment.
     config_id: str
     out: Path
     command: str
+    # Through the eval queue and the services (`eval_distributed`) instead of in-process.
+    distributed: bool = False
+    # An `rstar evolve` run whose round table and accuracy per round go with the reports.
+    evolve_run: str | None = None
 
 
 # ---------------------------------------------------------------------- parser
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a test-time method (greedy, maj, bon-ppm, mcts, mcts-vote) on a "
-                                    "benchmark; resumable, with a summary, a Markdown table and a plot")
+    p = sub.add_parser("eval", help="evaluate a test-time method (greedy, maj, bon-ppm/pqm/orm, mcts, "
+                                    "mcts-vote) on a benchmark; resumable, with a summary, a Markdown table and a plot")
     p.add_argument("--benchmark", required=True,
                    help=f"{', '.join(BENCHMARKS)}, {PRACTICE}, or a JSON/JSONL problem file")
     p.add_argument("--method", required=True, help=", ".join(METHODS))
-    p.add_argument("--n", help=f"samples (maj, bon-ppm) or rollouts (mcts, mcts-vote), e.g. 4 or 1,4,16 "
+    p.add_argument("--n", help=f"samples (maj, bon-*) or rollouts (mcts, mcts-vote), e.g. 4 or 1,4,16 "
                                f"(default {DEFAULT_N}; greedy: 1)")
     p.add_argument("--limit", type=int, help="only the first K items")
     p.add_argument("--policy", help="policy directory or registry version (default: RSTAR_MODEL or the bundled model)")
     p.add_argument("--ppm", help="PPM directory or registry version (default: RSTAR_REWARD_MODEL or the promoted PPM)")
-    p.add_argument("--out", help="output folder (default runs/eval/<benchmark>-<method>); a re-run resumes")
+    p.add_argument("--orm", help="ORM directory or registry version, for bon-orm or --scorer orm (default: the "
+                                 "promoted ORM)")
+    p.add_argument("--pqm", help="PQM directory or registry version, for bon-pqm or --scorer pqm (default: the "
+                                 "promoted PQM)")
+    p.add_argument("--scorer", help=f"the reward model mcts / mcts-vote search with: {', '.join(SCORERS)}, or "
+                                    f"{CONFIDENCE} (no model: the policy's token confidence) (default ppm; "
+                                    f"{CONFIDENCE} with a recipe whose terminal_reward is {CONFIDENCE})")
+    p.add_argument("--out", help="output folder (default runs/eval/<benchmark>-<method>, or under the evolve run "
+                                 "with --run); a re-run resumes")
+    p.add_argument("--distributed", action="store_true",
+                   help="run the searches as tasks on the eval queue (a running stack: rstar up) instead of in-process")
+    p.add_argument("--run", help="an `rstar evolve` run: also draw its accuracy per round, with this evaluation's "
+                                 "accuracy at the round whose policy it ran")
+    p.add_argument("--work-dir", default="runs/evolve", help="the evolve runs' folder (default runs/evolve)")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help=f"search budgets: a recipe name or YAML path (default {DEFAULT_CONFIG})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a search setting")
@@ -134,20 +181,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval_report import ITEMS_FILE, pending, read_jsonl
 
     plan = _plan(args)
-    policy_dir = plan.policy_dir or _bundled_policy()
-    versions = {"policy": _policy_version(policy_dir),
-                "ppm": _ppm_version(plan.ppm_dir) if plan.ppm_dir else None}
+    if plan.distributed:
+        from .eval_distributed import run_distributed, served_versions
+
+        versions = served_versions(plan)
+    else:
+        policy_dir = plan.policy_dir or _bundled_policy()
+        versions = _versions(_policy_version(policy_dir), plan.scorer,
+                             _ppm_version(plan.ppm_dir) if plan.ppm_dir else None)
     plan.out.mkdir(parents=True, exist_ok=True)
     rows_path = plan.out / ITEMS_FILE
     missing = pending([p.id for p in plan.items], read_jsonl(rows_path), benchmark=plan.benchmark,
-                      method=plan.method, ns=plan.ns, versions=versions, config=plan.config_id)
+                      method=plan.label, ns=plan.ns, versions=versions, config=plan.config_id)
     todo = [p for p in plan.items if missing[p.id]]
     if len(todo) < len(plan.items):
         print(f"resuming: {len(plan.items) - len(todo)} of {len(plan.items)} items already in {rows_path}",
               file=sys.stderr)
     failed = 0
     start = time.perf_counter()
-    if todo:
+    if todo and plan.distributed:
+        failed, versions = run_distributed(plan, versions, todo, missing, rows_path)
+    elif todo:
         failed, versions = asyncio.run(_run(plan, policy_dir, versions, todo, missing, rows_path))
     _record_run(plan, versions, done=len(todo) - failed, failed=failed, wall_s=time.perf_counter() - start)
     _report(plan, versions)
@@ -161,28 +215,46 @@ def _plan(args: argparse.Namespace) -> _Plan:
     with _as_usage_error():
         if args.method not in METHODS:
             raise ValueError(f"unknown method {args.method!r}: one of {', '.join(METHODS)}")
+        base = _base_config(args)
+        scorer = scorer_of(args.method, args.scorer, base)
+        label = method_label(args.method, scorer)
         ns = _parse_ns(args.n, args.method)
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
         benchmark, items = _load_benchmark(args)
-        base = _base_config(args)
+        if scorer == CONFIDENCE and base.use_ppm_init:
+            raise ValueError(f"--method {label} searches without a reward model, but the recipe's use_ppm_init "
+                             "needs a PPM: use --config marco or --set use_ppm_init=false")
         policy_dir = _policy_dir(args.policy)
-        ppm_dir = _ppm_dir(args.ppm, args.method)
+        ppm_dir = _reward_dir(args, scorer)
+        if args.distributed and scorer not in (None, "ppm"):
+            raise ValueError(f"--distributed scores with the reward service's model: --method {label} runs "
+                             "in-process only")
         if "prompt_format" not in _set_keys(args):
             base = base.replace(prompt_format="sft" if _is_finetuned(policy_dir) else "base")
         configs: dict[Any, SearchConfig]
         if args.method in SAMPLE_METHODS:
             configs = {"sample": method_config(args.method, base, 1)}
         else:
-            configs = {n: method_config(args.method, base, n) for n in ns}
-        out = Path(args.out) if args.out else Path("runs") / "eval" / f"{benchmark}-{args.method}"
+            configs = {n: method_config(args.method, base, n, scorer) for n in ns}
+        if args.run:
+            from .report import read_rounds
+
+            read_rounds(args.run)  # the run must have a round table to draw
+        if args.out:
+            out = Path(args.out)
+        elif args.run:
+            out = Path(args.work_dir) / args.run / "eval" / f"{benchmark}-{label}"
+        else:
+            out = Path("runs") / "eval" / f"{benchmark}-{label}"
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {str(out)!r} is a file, not a folder")
     from .eval_report import config_id
 
-    return _Plan(benchmark=benchmark, items=items, method=args.method, ns=ns, policy_dir=policy_dir,
-                 ppm_dir=ppm_dir, base=base, configs=configs, config_id=config_id(base.to_dict()), out=out,
-                 command=_command(args))
+    return _Plan(benchmark=benchmark, items=items, method=args.method, label=label, ns=ns,
+                 policy_dir=policy_dir, scorer=scorer, ppm_dir=ppm_dir, base=base, configs=configs,
+                 config_id=config_id(base.to_dict()), out=out,
+                 command=_command(args), distributed=args.distributed, evolve_run=args.run)
 
 
 def _parse_ns(text: str | None, method: str) -> list[int]:
@@ -272,24 +344,35 @@ def _policy_dir(spec: str | None) -> Path | None:
     return path
 
 
-def _ppm_dir(spec: str | None, method: str) -> Path | None:
-    if method not in PPM_METHODS:
-        if spec:
-            print(f"note: --method {method} does not use a PPM; --ppm is ignored", file=sys.stderr)
+def _reward_dir(args: argparse.Namespace, scorer: str | None) -> Path | None:
+    """The directory of the reward model `scorer` names (None for none); flags of other kinds are noted."""
+    for kind in SCORERS:
+        if kind != scorer and getattr(args, kind):
+            print(f"note: --method {method_label(args.method, scorer)} does not use a{_n(kind)} {kind.upper()}; "
+                  f"--{kind} is ignored", file=sys.stderr)
+    if scorer is None or scorer == CONFIDENCE:
         return None
-    flag = "--ppm"
-    if spec is None and os.environ.get("RSTAR_REWARD_MODEL"):
+    spec, flag, what = getattr(args, scorer), f"--{scorer}", scorer.upper()
+    if spec is None and scorer == "ppm" and os.environ.get("RSTAR_REWARD_MODEL"):
         spec, flag = os.environ["RSTAR_REWARD_MODEL"], "RSTAR_REWARD_MODEL"
     if spec is None:
-        path, why_not = _promoted_ppm()
+        path, why_not = _promoted(scorer)
         if path is None:
-            raise ValueError(f"--method {method} needs a PPM: give --ppm VERSION|DIR ({why_not})")
-        spec, flag = str(path), "the promoted PPM"
-    path = _model_dir(spec, "ppm", flag)
+            needs = f"--method {args.method}" + (f" --scorer {scorer}" if args.scorer else "")
+            raise ValueError(f"{needs} needs a{_n(scorer)} {what}: give --{scorer} VERSION|DIR ({why_not})")
+        spec, flag = str(path), f"the promoted {what}"
+    path = _model_dir(spec, scorer, flag)
     for name in (_PPM_MANIFEST, _PPM_HEAD):
         if not (path / name).is_file():
-            raise ValueError(f"{flag} {spec!r}: {path} is not a PPM directory (no {name})")
+            raise ValueError(f"{flag} {spec!r}: {path} is not a{_n(scorer)} {what} directory (no {name})")
+    kind = _objective(path)
+    if kind != scorer:
+        raise ValueError(f"{flag} {spec!r} is a{_n(kind)} {kind.upper()}, not a{_n(scorer)} {what}")
     return path
+
+
+def _n(kind: str) -> str:
+    return "n" if kind == "orm" else ""
 
 
 def _model_dir(spec: str, kind: str, flag: str) -> Path:
@@ -314,19 +397,20 @@ def _model_dir(spec: str, kind: str, flag: str) -> Path:
     return Path(info.path)
 
 
-def _promoted_ppm() -> tuple[Path | None, str]:
-    """The promoted PPM's directory, or None and why there is none."""
+def _promoted(kind: str) -> tuple[Path | None, str]:
+    """The directory of the promoted version of `kind`, or None and why there is none."""
     from .main import UsageError, _open_store
 
+    what = kind.upper()
     try:
         with _open_store() as store:
-            info = store.promoted_model("ppm")
+            info = store.promoted_model(kind)
     except UsageError as exc:
-        return None, f"could not look up a promoted PPM: {exc}"
+        return None, f"could not look up a promoted {what}: {exc}"
     if info is None:
-        return None, "no PPM is promoted"
+        return None, f"no {what} is promoted"
     if not Path(info.path).is_dir():
-        return None, f"the promoted PPM {info.version} has no directory at {info.path}"
+        return None, f"the promoted {what} {info.version} has no directory at {info.path}"
     return Path(info.path), ""
 
 
@@ -354,15 +438,32 @@ def _policy_version(policy_dir: Path) -> str:
     return model_version(policy_dir)
 
 
+def _objective(reward_dir: Path) -> str:
+    """ppm, orm or pqm: the registry's kind of the version, else the model's own manifest's."""
+    kind = _manifest(reward_dir).get("kind")
+    if kind in SCORERS:
+        return kind
+    try:
+        return str(json.loads((reward_dir / _PPM_MANIFEST).read_text()).get("objective", "ppm"))
+    except (OSError, ValueError, AttributeError):
+        return "ppm"  # unreadable: loading it says what is wrong
+
+
 def _ppm_version(ppm_dir: Path) -> str:
-    """The version `PPMRewardModel.from_dir` reports, without loading the model."""
+    """The version `PPMRewardModel.from_dir` reports (for a PPM, ORM or PQM), without loading it."""
     import hashlib
 
     manifest = _manifest(ppm_dir)
     if manifest.get("version") and manifest.get("kind") not in (None, "policy"):
         return str(manifest["version"])
     digest = hashlib.sha256((ppm_dir / _PPM_HEAD).read_bytes()).hexdigest()[:12]
-    return f"ppm:{ppm_dir.resolve().name}:{digest}"
+    return f"{_objective(ppm_dir)}:{ppm_dir.resolve().name}:{digest}"
+
+
+def _versions(policy: str, scorer: str | None, reward: str | None) -> dict[str, Any]:
+    """What rows record: the policy's version, and the scorer's under its kind (`ppm`: None without one,
+    or with the model-free confidence scorer)."""
+    return {"policy": policy, scorer if scorer in SCORERS else "ppm": reward}
 
 
 # ---------------------------------------------------------------------- running
@@ -380,48 +481,26 @@ class _ItemState:
 async def _run(plan: _Plan, policy_dir: Path, versions: dict[str, Any], todo: list[Problem],
                missing: dict[str, list[int]], rows_path: Path) -> tuple[int, dict[str, Any]]:
     """Search every missing (item, N), write rows item by item; (failed items, versions used)."""
-    from tqdm import tqdm
-
     from .embedded import EmbeddedSettings, embedded_runtime
 
     settings = dataclasses.replace(EmbeddedSettings.from_env(), model=str(policy_dir),
                                    reward_model=str(plan.ppm_dir or ""))
     first = next(iter(plan.configs.values()))
     states = [_ItemState(item, missing[item.id]) for item in todo]
-    failed = 0
-    outcomes: list[bool] = []
-    top_n = plan.ns[-1]
     async with embedded_runtime(first, settings) as runtime:
-        loaded = {"policy": runtime.policy.model_version,
-                  "ppm": runtime.reward.model_version if plan.ppm_dir and runtime.reward else None}
+        loaded = _versions(runtime.policy.model_version, plan.scorer,
+                           runtime.reward.model_version if plan.ppm_dir and runtime.reward else None)
         if loaded != versions:
             log.warning("the loaded models report %s, not %s: rows are recorded under the loaded versions "
                         "(a re-run cannot resume them)", loaded, versions)
             versions = loaded
         searchers = {key: runtime.mcts(config) for key, config in plan.configs.items()}
         jobs = _jobs(plan, states, searchers)
-        bar = tqdm(total=len(todo), desc=f"{plan.benchmark} {plan.method}", unit="item", file=sys.stderr,
-                   dynamic_ncols=True)
-        with rows_path.open("a", encoding="utf-8") as out:
+        with _Progress(plan, len(todo), rows_path) as progress:
 
             async def finish(state: _ItemState) -> None:
-                nonlocal failed
-                if state.failed:
-                    failed += 1
-                    bar.write(f"[{state.item.id}] FAILED: {state.failed}", file=sys.stderr)
-                else:
-                    rows = await asyncio.to_thread(_rows, plan, state, versions)
-                    # One item's rows at a time, flushed: a crash loses only the items in flight.
-                    out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-                    out.flush()
-                    top = next((r for r in rows if r["N"] == top_n), None)
-                    if top is not None and top["correct"] is not None:
-                        outcomes.append(top["correct"])
-                    if outcomes:
-                        bar.set_postfix_str(f"acc@{top_n} {100 * sum(outcomes) / len(outcomes):.1f}% "
-                                            f"({sum(outcomes)}/{len(outcomes)})")
-                state.results.clear()  # the trees are in no row: let them go
-                bar.update(1)
+                rows = None if state.failed else await asyncio.to_thread(_rows, plan, state, versions)
+                progress.item_done(state, rows)
 
             async def worker() -> None:
                 for state, key, mcts, seed_offset in jobs:
@@ -437,8 +516,49 @@ async def _run(plan: _Plan, policy_dir: Path, versions: dict[str, Any], todo: li
                         await finish(state)
 
             await asyncio.gather(*(worker() for _ in range(max(1, first.concurrent_problems))))
-        bar.close()
-    return failed, versions
+    return progress.failed, versions
+
+
+class _Progress:
+    """Rows of finished items into items.jsonl, and the progress bar with the running accuracy.
+
+    One item's rows at a time, flushed: a crash loses only the items in flight. A failed
+    item writes nothing (a re-run retries it) and is counted in `failed`.
+    """
+
+    def __init__(self, plan: _Plan, total: int, rows_path: Path) -> None:
+        from tqdm import tqdm
+
+        self.top_n = plan.ns[-1]
+        self.failed = 0
+        self.outcomes: list[bool] = []
+        self.bar = tqdm(total=total, desc=f"{plan.benchmark} {plan.label}", unit="item", file=sys.stderr,
+                        dynamic_ncols=True)
+        self.out = rows_path.open("a", encoding="utf-8")
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.close()
+        self.bar.close()
+
+    def item_done(self, state: _ItemState, rows: list[dict[str, Any]] | None) -> None:
+        if rows is None:
+            self.failed += 1
+            self.bar.write(f"[{state.item.id}] FAILED: {state.failed}", file=sys.stderr)
+        else:
+            self.out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            self.out.flush()
+            top = next((r for r in rows if r["N"] == self.top_n), None)
+            if top is not None and top["correct"] is not None:
+                self.outcomes.append(top["correct"])
+            if self.outcomes:
+                right = sum(self.outcomes)
+                self.bar.set_postfix_str(f"acc@{self.top_n} {100 * right / len(self.outcomes):.1f}% "
+                                         f"({right}/{len(self.outcomes)})")
+        state.results.clear()  # the trees are in no row: let them go
+        self.bar.update(1)
 
 
 def _jobs(plan: _Plan, states: list[_ItemState], searchers: dict[Any, Any]) -> Iterator[tuple]:
@@ -471,7 +591,7 @@ def _rows(plan: _Plan, state: _ItemState, versions: dict[str, Any]) -> list[dict
         correct = None if item.answer is None else answers_match(pick.prediction, item.answer)
         row = {"benchmark": plan.benchmark, "id": item.id, "question": item.question, "gold": item.answer,
                "prediction": pick.prediction, "correct": correct, "tokens": pick.tokens,
-               "seconds": round(pick.seconds, 3), "method": plan.method, "N": n, "versions": versions,
+               "seconds": round(pick.seconds, 3), "method": plan.label, "N": n, "versions": versions,
                "config_id": plan.config_id, "score": pick.score,
                "candidates": [{"answer": a, "score": s} for a, s in pick.candidates]}
         if level is not None:
@@ -488,7 +608,7 @@ def _record_run(plan: _Plan, versions: dict[str, Any], *, done: int, failed: int
 
     first = next(iter(plan.configs.values()))
     record = {"command": plan.command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_line(), "benchmark": plan.benchmark, "method": plan.method, "ns": plan.ns,
+              "machine": machine_line(), "benchmark": plan.benchmark, "method": plan.label, "ns": plan.ns,
               "versions": versions, "config_id": plan.config_id, "config": plan.base.to_dict(),
               "method_config": first.to_dict(),
               "items": len(plan.items), "searched": done, "failed": failed, "wall_s": round(wall_s, 1)}
@@ -500,18 +620,29 @@ def _report(plan: _Plan, versions: dict[str, Any]) -> None:
     from .eval_report import MARKDOWN_FILE, PLOT_FILE, SUMMARY_FILE, accuracy_text, versions_key, write_reports
 
     summary = write_reports(plan.out)
-    mine = [g for g in summary["groups"] if g["benchmark"] == plan.benchmark and g["method"] == plan.method
+    mine = [g for g in summary["groups"] if g["benchmark"] == plan.benchmark and g["method"] == plan.label
             and g["config_id"] == plan.config_id and versions_key(g["versions"]) == versions_key(versions)]
     for g in mine:
         print(f"{g['benchmark']} {g['method']}@{g['N']}: {accuracy_text(g)}, "
               f"{g['tokens_per_item']:.0f} tokens/item, {g['seconds_per_item']:.1f} s/item")
     print(f"reports in {plan.out}/: {MARKDOWN_FILE}, {SUMMARY_FILE}, {PLOT_FILE}, items.jsonl")
+    if plan.evolve_run:
+        from .report import ROUNDS_JSON, ROUNDS_PLOT, write_rounds
+
+        write_rounds(plan.evolve_run, plan.out, [summary], plan.command)
+        print(f"run {plan.evolve_run}: round table in {plan.out}/{ROUNDS_JSON}, accuracy per round in "
+              f"{plan.out}/{ROUNDS_PLOT}")
 
 
 def _command(args: argparse.Namespace) -> str:
     parts = ["rstar", "eval", "--benchmark", args.benchmark, "--method", args.method]
     optional = [("--n", args.n), ("--limit", args.limit), ("--policy", args.policy), ("--ppm", args.ppm),
-                ("--seed", args.seed), ("--out", args.out)]
+                ("--orm", args.orm), ("--pqm", args.pqm), ("--scorer", args.scorer), ("--seed", args.seed),
+                ("--run", args.run), ("--out", args.out)]
+    if args.distributed:
+        parts.append("--distributed")
+    if args.run and args.work_dir != "runs/evolve":
+        optional.append(("--work-dir", args.work_dir))
     if args.config != DEFAULT_CONFIG:
         optional.append(("--config", args.config))
     if args.benchmark.lower() == PRACTICE:

@@ -37,8 +37,8 @@ from rstar_core.practice import practice_level
 from rstar_core.stats import Accuracy, paired_test
 
 __all__ = ["ITEMS_FILE", "MARKDOWN_FILE", "PLOT_FILE", "RUNS_FILE", "SUMMARY_FILE", "accuracy_text", "config_id",
-           "machine_line", "pending", "read_jsonl", "render_markdown", "row_key", "summarise", "versions_key",
-           "write_plot", "write_reports"]
+           "machine_line", "pending", "read_jsonl", "render_markdown", "row_key", "save_figure", "summarise",
+           "versions_key", "write_plot", "write_reports"]
 
 ITEMS_FILE = "items.jsonl"
 RUNS_FILE = "runs.jsonl"
@@ -61,7 +61,14 @@ def config_id(config: Mapping[str, Any]) -> str:
 
 
 def versions_key(versions: Mapping[str, Any]) -> str:
-    return f"{versions.get('policy') or '-'}|{versions.get('ppm') or '-'}"
+    # An ORM or PQM scorer (the reward-model ablation) is recorded under its own kind.
+    extra = "".join(f"|{kind}={versions[kind]}" for kind in ("orm", "pqm") if versions.get(kind))
+    return f"{versions.get('policy') or '-'}|{versions.get('ppm') or '-'}{extra}"
+
+
+def _reward_version(versions: Mapping[str, Any]) -> str | None:
+    """The version of the reward model a row scored with (PPM, ORM or PQM), if any."""
+    return next((versions[k] for k in ("ppm", "orm", "pqm") if versions.get(k)), None)
 
 
 def row_key(row: Mapping[str, Any]) -> tuple[str, str, str, int, str, str]:
@@ -127,7 +134,8 @@ def summarise(rows: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any
         prefix = f"{benchmark}: " if several_benchmarks else ""
         suffix = ""
         if several_versions:
-            shown = [_short(versions.get("policy"))] + ([_short(versions["ppm"])] if versions.get("ppm") else [])
+            reward = _reward_version(versions)
+            shown = [_short(versions.get("policy"))] + ([_short(reward)] if reward else [])
             suffix += f" [{', '.join(shown)}]"
         if several_configs:
             suffix += f" cfg {config}"
@@ -243,12 +251,12 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines.append("")
     lines += ["Accuracy with its 95 % Wilson interval; tokens are the policy's generated tokens per item "
               "(dropped candidates included).", "",
-              "| benchmark | method | N | policy | PPM | accuracy | items | tokens/item | s/item |",
+              "| benchmark | method | N | policy | reward model | accuracy | items | tokens/item | s/item |",
               "|---|---|---:|---|---|---|---:|---:|---:|"]
     for g in summary["groups"]:
         v = g["versions"]
         lines.append(f"| {g['benchmark']} | {g['method']} | {g['N']} | {_short(v.get('policy'))} | "
-                     f"{_short(v.get('ppm'))} | {accuracy_text(g)} | {g['items']} | "
+                     f"{_short(_reward_version(v))} | {accuracy_text(g)} | {g['items']} | "
                      f"{g['tokens_per_item']:.0f} | {g['seconds_per_item']:.1f} |")
     if len({g["config_id"] for g in summary["groups"]}) > 1:
         lines += ["", "Search configs (`config_id` in summary.json): "
@@ -310,9 +318,15 @@ def write_plot(summary: Mapping[str, Any], path: Path) -> None:
     if series:
         ax.legend(fontsize=8)
     runs = summary.get("runs") or []
-    if runs:
-        last = runs[-1]
-        caption = f"{last['command']}\n{last['date']}, {last['machine']}"
+    caption = f"{runs[-1]['command']}\n{runs[-1]['date']}, {runs[-1]['machine']}" if runs else None
+    save_figure(fig, path, caption)
+
+
+def save_figure(fig, path: Path, caption: str | None) -> None:
+    """Write `fig` to `path` (PNG, replaced atomically) with the command/date/machine `caption`, and close it."""
+    import matplotlib.pyplot as plt
+
+    if caption:
         fig.text(0.01, 0.01, caption, fontsize=6, va="bottom", wrap=True)
         fig.subplots_adjust(bottom=0.2)
     tmp = path.with_name(path.name + ".partial.png")

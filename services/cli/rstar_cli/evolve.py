@@ -14,6 +14,12 @@ with every earlier round and round 0, deduplicated; PPM: step pairs, held out by
 `train_sft` (from the original base model), `train_ppm` (from this round's policy),
 `evaluate`, `decide` (promote both models only if held-out greedy accuracy did not drop;
 otherwise keep the previous ones and say so).
+A recipe with `method: process-supervision` runs MCTS process supervision's rounds instead
+(`evolve_process`): no round 0; each round walks the pool with the promoted policy, trains
+that policy on the scored steps, and evaluates and decides as above.
+MCTS++ switches of the recipe (`evolve_mctspp`): with `grpo.enabled`, `grpo_data` and
+`train_grpo` (GRPO from the round's SFT policy, whose result is the round's candidate) run
+after the PPM and before `evaluate`; `sft_filter_min_ppm` filters the `data` step's SFT set.
 
 Searches run in this process by default; `--distributed` enqueues them on the `search`
 queue and the training on the `train` queue and waits for the store to say they are done
@@ -86,6 +92,12 @@ class Evolver:
                                      config={"recipe": self.recipe.name, "pool": str(self.s.pool_file)})
         pool = self._step(0, "pool", self._pool)
         self._step(0, "evaluate_base", lambda: self._evaluate(self.s.base_model, "base", None))
+        if self.recipe.method == "process-supervision":
+            from .evolve_process import process_round
+
+            for round in range(1, self.s.rounds + 1):
+                process_round(self, round, pool)
+            return
         self._round0(pool)
         for round in range(1, self.s.rounds + 1):
             self._round(round, pool)
@@ -109,6 +121,10 @@ class Evolver:
         if data.get("ppm"):
             ppm = self._train(round, "train_ppm", policy["path"], data["ppm"]["path"], self.recipe.ppm,
                               parent=self._promoted_version("ppm"))
+        if self.recipe.grpo_enabled:  # MCTS++: GRPO from the SFT policy is the round's candidate
+            from .evolve_mctspp import grpo_stage
+
+            policy = grpo_stage(self, round, policy, ppm)
         evaluation = self._step(round, "evaluate", lambda: self._evaluate(
             policy["path"], "sft", ppm["path"] if ppm else self._promoted_path("ppm")))
         self._step(round, "decide", lambda: self._decide(round, policy, ppm, evaluation))
@@ -169,7 +185,7 @@ class Evolver:
     def _search(self, round: int, pool: dict[str, Any]) -> dict[str, Any]:
         policy_path, prompt_format = self._policy_for_search()
         ppm_path = self._promoted_path("ppm") if round >= 3 else None
-        config = self.recipe.search_config(round, prompt_format=prompt_format, use_ppm_init=ppm_path is not None,
+        config = self.recipe.search_config(round, prompt_format=prompt_format, **_initial_values(ppm_path),
                                            terminal_reward="ground_truth",
                                            seed=self.recipe.search_config(round).seed + round)
         problems = [problem_from_record(r, f"{pool['path']}: {r.get('id')}") for r in _read_jsonl(Path(pool["path"]))]
@@ -238,9 +254,14 @@ class Evolver:
             lists.append(sft_examples(trees, r))
             pairs += ppm_examples(trees, r)
         examples = union_sft(*lists)
+        filtered: dict[str, Any] = {}
+        if self.recipe.sft_filter_min_ppm is not None:
+            from .evolve_mctspp import filter_sft_by_ppm
+
+            examples, filtered = filter_sft_by_ppm(self, examples)
         sources = {"run": self.s.run, "rounds": list(range(round + 1))}
         sft = write_sft_dataset(examples, self._dir(round) / "sft_data", round=round, sources=sources,
-                                counts={"before_dedup": sum(len(x) for x in lists)})
+                                counts={"before_dedup": sum(len(x) for x in lists), **filtered})
         result: dict[str, Any] = {"sft": {"path": sft.path, "examples": len(examples),
                                           "content_hash": sft.content_hash}, "ppm": None}
         if pairs:
@@ -305,7 +326,7 @@ class Evolver:
         practice = [p.problem for p in generate_practice((1, 2, 3, 4, 5), spec.practice_per_level,
                                                          spec.practice_seed, "heldout")]
         greedy = self.recipe.greedy_config(prompt_format)
-        search = self.recipe.eval_search_config(prompt_format=prompt_format, use_ppm_init=ppm is not None,
+        search = self.recipe.eval_search_config(prompt_format=prompt_format, **_initial_values(ppm),
                                                 terminal_reward="ppm" if ppm else "ground_truth")
         search_items = gsm8k[:spec.search_limit]
 
@@ -434,6 +455,12 @@ async def _solve(mcts, problems: Sequence[Problem], label: str) -> dict[str, Any
         bar.update(1)
     bar.close()
     return {"correct": correct, "tokens": tokens, "wall_s": round_s(time.perf_counter() - start)}
+
+
+def _initial_values(ppm: str | None) -> dict[str, bool]:
+    """Initial node values: the PPM's once there is one; before that, a recipe's
+    use_confidence_init (Marco-o1's token confidence) stands."""
+    return {"use_ppm_init": True, "use_confidence_init": False} if ppm else {"use_ppm_init": False}
 
 
 def _embedded_settings(policy: str, ppm: str | None):

@@ -14,6 +14,19 @@ loaded, before any model is touched, and unknown keys are rejected:
 * `sft`, `ppm`: the trainers' settings (`rstar_trainer.sft_config` / `ppm_config`).
 * `eval`: the held-out sets (the first `gsm8k_limit` GSM8K test problems, `practice_per_level`
   practice problems per level) and the budgets of greedy decoding and of the fixed search.
+* `method`: `rstar` (the default: the rounds above) or `process-supervision` (MCTS process
+  supervision, arXiv 2501.01478; `process-supervision-cpu.yaml`): each round walks every pool
+  problem with one search per prefix (`search.<r>`: the settings of each of those searches;
+  whole steps only, no reflection) and trains the previous round's policy on the scored
+  steps. Its `process` section holds alpha, beta and the training run
+  (`rstar_trainer.process_config`); it uses neither `bootstrap`, `sft` nor `ppm`.
+* MCTS++ switches (method `rstar` only; all off by default; `mctspp-cpu.yaml`):
+  `grpo` (`rstar_trainer.grpo_config`): after each round's SFT, a GRPO stage from the SFT
+  policy on the round's problems, ordered easy to hard with a hard share that grows per round
+  (`curriculum: {hard_share_start, hard_share_step}`); its policy is the round's candidate.
+  `sft_filter_min_ppm` (a number in [-1, 1], or null): from the round with a promoted PPM on,
+  drop the SFT trajectories whose mean PPM step score is below it. `step_dpo`: a step-DPO
+  pass on correct vs wrong trajectories; not implemented, so `true` is refused.
 
 Not here: running anything (`evolve`).
 """
@@ -29,7 +42,9 @@ from rstar_core.config import SearchConfig, config_from_mapping, dataclass_from_
 
 __all__ = ["EvolveRecipe", "load_recipe"]
 
-_SECTIONS = {"pool", "bootstrap", "search", "sft", "ppm", "eval", "promote"}
+_SECTIONS = {"method", "pool", "bootstrap", "search", "sft", "ppm", "process", "eval", "promote"}
+_MCTSPP_KEYS = {"grpo", "sft_filter_min_ppm", "step_dpo"}
+METHODS = ("rstar", "process-supervision")
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,18 @@ class EvolveRecipe:
     eval: EvalSpec
     # Promote a round's models only if held-out greedy accuracy did not drop by more than this.
     promote_tolerance: float = 0.0
+    # "rstar" or "process-supervision" (see the module docstring).
+    method: str = "rstar"
+    # Process supervision: alpha, beta and the training run (`ProcessConfig`).
+    process: dict[str, Any] = field(default_factory=dict)
+    # MCTS++: the GRPO stage after SFT (`rstar_trainer.grpo_config`; {} or enabled: false = off)
+    # and the SFT filter by mean PPM step score (None = off).
+    grpo: dict[str, Any] = field(default_factory=dict)
+    sft_filter_min_ppm: float | None = None
+
+    @property
+    def grpo_enabled(self) -> bool:
+        return bool(self.grpo.get("enabled", False))
 
     def search_config(self, round: int, **forced: Any) -> SearchConfig:
         """The round's search settings (the last round given applies to later ones)."""
@@ -97,6 +124,27 @@ class EvolveRecipe:
                             parallel_rollouts=1, concurrent_problems=64, prompt_format=prompt_format)
 
 
+def _mctspp(path: Path, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The MCTS++ switches, validated (see the module docstring)."""
+    from rstar_trainer.grpo_config import grpo_config
+
+    given = sorted(_MCTSPP_KEYS & set(data))
+    if given and data.get("method", "rstar") != "rstar":
+        raise ValueError(f"{path}: {', '.join(given)} belong(s) to method rstar")
+    if data.get("step_dpo", False) is not False:
+        raise ValueError(f"{path}: step_dpo is not implemented (a step-DPO pass on correct vs wrong "
+                         "trajectories); leave it out or set it to false")
+    grpo = dict(data.get("grpo") or {})
+    if "ppm_model" in grpo:
+        raise ValueError(f"{path}: grpo.ppm_model is set by the driver (the round's PPM), not by a recipe")
+    grpo_config(grpo, source=f"{path}: grpo")
+    threshold = data.get("sft_filter_min_ppm")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not -1.0 <= threshold <= 1.0):
+        raise ValueError(f"{path}: sft_filter_min_ppm must be a number in [-1, 1] or null, got {threshold!r}")
+    return {"grpo": grpo, "sft_filter_min_ppm": None if threshold is None else float(threshold)}
+
+
 def _build(cls, data: Any, source: str):
     return dataclass_from_mapping(cls, data, source=source)
 
@@ -104,11 +152,12 @@ def _build(cls, data: Any, source: str):
 def load_recipe(path: str | Path) -> EvolveRecipe:
     """Load and validate a recipe file; every error names the file and the key."""
     from rstar_trainer.ppm_config import PPMConfig
+    from rstar_trainer.process_config import ProcessConfig
     from rstar_trainer.sft_config import SFTConfig, config_from_mapping as trainer_config
 
     path = Path(path)
     data = read_yaml_mapping(path, what="recipe")
-    unknown = sorted(set(data) - _SECTIONS)
+    unknown = sorted(set(data) - _SECTIONS - _MCTSPP_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}")
     pool_data = dict(data.get("pool") or {})
@@ -137,8 +186,22 @@ def load_recipe(path: str | Path) -> EvolveRecipe:
         ppm=dict(data.get("ppm") or {}),
         eval=_build(EvalSpec, data.get("eval"), f"{path}: eval"),
         promote_tolerance=float((data.get("promote") or {}).get("tolerance", 0.0)),
+        method=data.get("method", "rstar"),
+        process=dict(data.get("process") or {}),
+        **_mctspp(path, data),
     )
+    if recipe.method not in METHODS:
+        raise ValueError(f"{path}: method must be one of {', '.join(METHODS)}, got {recipe.method!r}")
     trainer_config(SFTConfig, recipe.sft, source=f"{path}: sft")
     trainer_config(PPMConfig, recipe.ppm, source=f"{path}: ppm")
+    if recipe.method == "process-supervision":
+        trainer_config(ProcessConfig, recipe.process, source=f"{path}: process")
+        for key in rounds:
+            config = recipe.search_config(key)
+            if config.granularity != "step" or config.reflection:
+                raise ValueError(f"{path}: search.{key}: process supervision scores whole steps: "
+                                 "granularity must be 'step' and reflection off")
+    elif "process" in data:
+        raise ValueError(f"{path}: the process section belongs to method process-supervision")
     recipe.eval_search_config()
     return recipe

@@ -1,10 +1,10 @@
 """`rstar up` / `rstar down`: the compose stack as local processes (no Docker needed).
 
-Starts the executor, reward and policy gRPC services, Celery search workers and trainer
-workers (the `train` queue) against
+Starts the executor, reward and policy gRPC services, Celery search workers, trainer
+workers (the `train` queue) and the web console (`rstar web`, on 127.0.0.1) against
 the RabbitMQ and PostgreSQL already running on this machine, with one log file per
 process under a run directory, and waits until every service reports SERVING on gRPC
-health. `rstar down` stops what `rstar up` started (SIGTERM to each process, which drains
+health and the console answers 200 on `/healthz` (it can read the store). `rstar down` stops what `rstar up` started (SIGTERM to each process, which drains
 and stops its children, then SIGKILL to its whole process group after a grace period). The wiring the CLI needs (`RSTAR_DATABASE_URL`,
 `RSTAR_BROKER_URL`) is written to `<run-dir>/env` so a shell can `source` it, and the
 services' metrics endpoints to `<run-dir>/prometheus-targets.json` (Prometheus file-based
@@ -24,6 +24,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,8 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["StackSpec", "prometheus_targets", "roll_service", "spawn_service", "spawn_trainer", "spawn_worker", "start_stack",
-           "stop_stack", "wait_healthy"]
+__all__ = ["StackSpec", "prometheus_targets", "roll_service", "spawn_service", "spawn_trainer", "spawn_web", "spawn_worker",
+           "start_stack", "stop_stack", "wait_healthy"]
 
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/rstar"
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
@@ -51,6 +52,8 @@ class StackSpec:
     with_reward: bool = True
     # Trainer workers on the `train` queue (`python -m rstar_trainer`, one job at a time).
     trainers: int = 0
+    # The web console (`python -m rstar_web`) on 127.0.0.1:web_port; 0: none.
+    web_port: int = 0
     base_port: int = 50051
     # Extra environment for every process (tests set model paths, queue prefixes, ...).
     env: dict[str, str] = field(default_factory=dict)
@@ -153,6 +156,14 @@ def spawn_trainer(spec: StackSpec, index: int = 0) -> subprocess.Popen:
     return proc
 
 
+def spawn_web(spec: StackSpec) -> subprocess.Popen:
+    """Start the web console on 127.0.0.1 (RSTAR_WEB_TOKEN, if set, enables its enqueue)."""
+    env = {**os.environ, **_current_env(spec), "RSTAR_WEB_HOST": "127.0.0.1", "RSTAR_WEB_PORT": str(spec.web_port)}
+    proc = _spawn("web", [sys.executable, "-m", "rstar_web"], env, spec.run_dir)
+    _record_pid(spec.run_dir, "web", proc.pid)
+    return proc
+
+
 def metrics_port(grpc_port: int) -> int:
     return grpc_port + 10000
 
@@ -182,6 +193,10 @@ def start_stack(spec: StackSpec) -> dict[str, int]:
         if alive:
             raise RuntimeError(f"a stack from {spec.run_dir} is still running ({', '.join(sorted(alive))}): "
                                "stop it first (rstar down)")
+    # Checked before anything starts: another console on the port would answer our /healthz.
+    if spec.web_port and not _port_free(spec.web_port):
+        raise RuntimeError(f"127.0.0.1:{spec.web_port} is in use: give `rstar up` another --web-port "
+                           "(0: no console)")
     ensure_database(spec.database_url)
     state = {"pids": {}, "env": stack_env(spec), "ports": _ports(spec)}
     (spec.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -194,6 +209,8 @@ def start_stack(spec: StackSpec) -> dict[str, int]:
         spawn_worker(spec, index)
     for index in range(spec.trainers):
         spawn_trainer(spec, index)
+    if spec.web_port:
+        spawn_web(spec)
     return json.loads((spec.run_dir / STATE_FILE).read_text())["pids"]
 
 
@@ -202,11 +219,54 @@ def _write_env_file(run_dir: Path, env: Mapping[str, str]) -> None:
 
 
 def wait_healthy(spec: StackSpec, timeout_s: float = 600.0) -> None:
-    """Block until every gRPC service is SERVING; raise with the log tail if one dies."""
+    """Block until the console answers /healthz and every gRPC service is SERVING.
+
+    Raises with the log tail if one of them dies, TimeoutError after `timeout_s`.
+
+    The console first: it is up in seconds, so a console that cannot start (a store it
+    cannot read) fails `rstar up` before the models have loaded.
+    """
+    deadline = time.monotonic() + timeout_s
     state = json.loads((spec.run_dir / STATE_FILE).read_text())
+    if spec.web_port and "web" in state["pids"]:
+        _wait_web(spec.run_dir, state["pids"]["web"], spec.web_port, timeout_s)
     targets = {f"{svc}-{i}": (state["pids"][f"{svc}-{i}"], port) for svc, ports in state["ports"].items()
                for i, port in enumerate(ports) if f"{svc}-{i}" in state["pids"]}
-    _wait_serving(spec.run_dir, targets, timeout_s)
+    _wait_serving(spec.run_dir, targets, max(deadline - time.monotonic(), 0.0))
+
+
+def _wait_web(run_dir: Path, pid: int, port: int, timeout_s: float) -> None:
+    """Wait until the console (process `pid`) answers 200 on http://127.0.0.1:`port`/healthz."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        if not _alive(pid):
+            tail = (run_dir / "web.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"web exited during start-up; log tail:\n{tail}")
+        try:
+            # /healthz needs no token; 503 until the console can read the store.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError as exc:  # refused while it starts, HTTPError 503 while the store is unreadable
+            last = str(exc)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the web console did not answer /healthz on 127.0.0.1:{port} within "
+                               f"{timeout_s:.0f} s ({last})")
+        time.sleep(0.5)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        # As uvicorn binds: connections of an earlier console in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _wait_serving(run_dir: Path, targets: Mapping[str, tuple[int, int]], timeout_s: float) -> None:

@@ -4,7 +4,8 @@ Embedded commands (no broker, no services): `rstar solve`, `rstar demo`,
 `rstar models prepare`, `rstar data practice|bootstrap`, `rstar evolve` (in-process unless
 `--distributed`), `rstar rounds`, `rstar models list|show|promote|rollback`. Distributed commands (RabbitMQ + PostgreSQL, wired by
 `RSTAR_BROKER_URL` and `RSTAR_DATABASE_URL`): `rstar enqueue`, `rstar status`,
-`rstar results`, `rstar cancel`. Bad input (missing fields, bad JSON on line k, unknown config
+`rstar results`, `rstar cancel`, `rstar web` (the console), `rstar eval --distributed`.
+`rstar eval` (in-process by default) and `rstar report` have their own modules. Bad input (missing fields, bad JSON on line k, unknown config
 keys, negative rollouts) ends with one `rstar: error: ...` line and exit code 2, before
 any model is loaded.
 """
@@ -234,39 +235,57 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     """Validate the whole file, record the batch in one transaction, then publish the tasks."""
-    from rstar_worker.app import EVAL_QUEUE, SEARCH_QUEUE, SEARCH_TASK, app
-
     with _as_usage_error():
         if args.round < 1:
             raise ValueError(f"--round must be >= 1, got {args.round}")
         config = _resolve_config(args.config, _config_overrides(args))
         problems = load_problems(args.file, limit=args.limit)
     with _open_store() as store:
-        store.get_or_create_run(args.run, config_name=args.config, config=config.to_dict())
-        batch = store.add_batch(args.run, args.round, config.seed, problems, config.to_dict(), source=str(args.file))
-        # Publish every task of the file that is still queued, not only the new ones: a
-        # publish interrupted earlier is completed by running the same command again.
-        # Duplicate messages are harmless (claiming and result writes are idempotent).
-        queued = [t for t in dict.fromkeys(batch.task_ids) if store.task_spec(t).state == "queued"]
-    queue = EVAL_QUEUE if args.eval else SEARCH_QUEUE
-    priority = args.priority if args.priority is not None else (7 if args.eval else 4)
-    from kombu.exceptions import OperationalError
+        line = enqueue_batch(store, args.run, args.round, args.config, config, problems, source=str(args.file),
+                             eval_queue=args.eval, priority=args.priority)
+    print(line)
+    return 0
 
-    try:
-        for task_id in queued:
-            app.send_task(SEARCH_TASK, args=[task_id], queue=queue, priority=priority)
-    except OperationalError as exc:
-        raise UsageError(f"cannot reach the broker ({exc}); the batch is recorded: "
-                         "run the same command again to publish its tasks") from None
+
+def enqueue_batch(store, run: str, round: int, config_name: str, config: SearchConfig, problems: list[Problem],
+                  *, source: str, eval_queue: bool = False, priority: int | None = None) -> str:
+    """Record the batch in one transaction, publish its queued tasks; returns the summary line.
+
+    Shared by `rstar enqueue` and the web console's upload. A broker that cannot be
+    reached is a UsageError that says the batch is recorded and how to publish it.
+    """
+    from rstar_worker.app import EVAL_QUEUE, SEARCH_QUEUE
+
+    store.get_or_create_run(run, config_name=config_name, config=config.to_dict())
+    batch = store.add_batch(run, round, config.seed, problems, config.to_dict(), source=source)
+    # Publish every task of the file that is still queued, not only the new ones: a
+    # publish interrupted earlier is completed by running the same command again.
+    # Duplicate messages are harmless (claiming and result writes are idempotent).
+    queued = [t for t in dict.fromkeys(batch.task_ids) if store.task_spec(t).state == "queued"]
+    queue = EVAL_QUEUE if eval_queue else SEARCH_QUEUE
+    publish_searches(queued, queue, priority if priority is not None else (7 if eval_queue else 4))
     merged = batch.merged_duplicates
     # A reused id with a different question or answer was refused by add_batch already.
     duplicates = (f" ({merged} duplicate id{'s' if merged != 1 else ''} merged: "
                   "identical records count once)" if merged else "")
     new = len(batch.new_task_ids)
-    print(f"run {args.run} round {args.round}: {len(problems)} problem"
-          f"{'s' if len(problems) != 1 else ''}{duplicates}, {new} new task{'s' if new != 1 else ''}, "
-          f"{len(queued)} published to '{queue}'")
-    return 0
+    return (f"run {run} round {round}: {len(problems)} problem"
+            f"{'s' if len(problems) != 1 else ''}{duplicates}, {new} new task{'s' if new != 1 else ''}, "
+            f"{len(queued)} published to '{queue}'")
+
+
+def publish_searches(task_ids: Sequence[int], queue: str, priority: int) -> None:
+    """One `rstar.search` message per task; an unreachable broker is a UsageError."""
+    from kombu.exceptions import OperationalError
+
+    from rstar_worker.app import SEARCH_TASK, app
+
+    try:
+        for task_id in task_ids:
+            app.send_task(SEARCH_TASK, args=[task_id], queue=queue, priority=priority)
+    except OperationalError as exc:
+        raise UsageError(f"cannot reach the broker ({exc}); the batch is recorded: "
+                         "run the same command again to publish its tasks") from None
 
 
 @contextmanager
@@ -354,12 +373,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         executors=args.executors,
         with_reward=not args.no_reward,
         trainers=args.trainers,
+        web_port=args.web_port,
     )
     try:
         pids = start_stack(spec)
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
-    print(f"started {len(pids)} processes, logs in {spec.run_dir}/; waiting for gRPC health ...", flush=True)
+    print(f"started {len(pids)} processes, logs in {spec.run_dir}/; waiting for gRPC health"
+          + (" and the console's /healthz" if spec.web_port else "") + " ...", flush=True)
     try:
         wait_healthy(spec, timeout_s=args.timeout)
     except (RuntimeError, TimeoutError) as exc:
@@ -367,7 +388,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"rstar: error: {exc}", file=sys.stderr)
         return 1
     print(f"stack is up. For the CLI: source {spec.run_dir}/env")
+    if spec.web_port:
+        print(f"web console: http://127.0.0.1:{spec.web_port}/ (log: {spec.run_dir}/web.log)")
     print(f"metrics endpoints for Prometheus: {spec.run_dir}/{TARGETS_FILE} (deploy/prometheus/local.yml)")
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from rstar_web import WebSettings, serve
+
+    from .launcher import DEFAULT_DB
+
+    with _as_usage_error():
+        settings = WebSettings.from_env(host=args.host, port=args.port, eval_dir=args.eval_dir,
+                                        evolve_dir=args.evolve_dir,
+                                        database_url=os.environ.get("RSTAR_DATABASE_URL", DEFAULT_DB))
+    serve(settings)
     return 0
 
 
@@ -444,8 +480,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--executors", type=int, default=1, help="executor service replicas")
     up.add_argument("--no-reward", action="store_true", help="skip the PPM service")
     up.add_argument("--trainers", type=int, default=1, help="trainer workers on the train queue (default 1)")
+    up.add_argument("--web-port", type=int, default=8080, help="web console port on 127.0.0.1 (0: no console)")
     up.add_argument("--timeout", type=float, default=600)
     up.set_defaults(func=cmd_up)
+
+    web = sub.add_parser("web", help="the web console: runs, search trees (live too), rounds, models, evaluations")
+    web.add_argument("--host", help="listen address (default RSTAR_WEB_HOST or 127.0.0.1; "
+                                    "any non-loopback address needs RSTAR_WEB_TOKEN)")
+    web.add_argument("--port", type=int, help="default RSTAR_WEB_PORT or 8080")
+    web.add_argument("--eval-dir", help="where `rstar eval` report folders are found (default RSTAR_EVAL_DIR "
+                                        "or runs/eval)")
+    web.add_argument("--evolve-dir", help="the evolve runs' work dir, whose <RUN>/ folders hold each run's "
+                                          "evaluations (default RSTAR_EVOLVE_DIR or runs/evolve)")
+    web.set_defaults(func=cmd_web)
 
     down = sub.add_parser("down", help="stop what `rstar up` started")
     down.add_argument("--run-dir", default="runs/local")
@@ -466,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_subcommands(models_sub)
     add_evolve_parsers(sub)
     from .eval_cmd import add_eval_parser; add_eval_parser(sub)  # noqa: E702
+    from .report import add_report_parser; add_report_parser(sub)  # noqa: E702
     add_data_parser(sub)
     return parser
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from rstar_core.types import Problem
 
-__all__ = ["load_problems", "problem_from_record"]
+__all__ = ["load_problems", "parse_problems", "problem_from_record"]
 
 
 def problem_from_record(record: Any, where: str) -> Problem:
@@ -47,6 +47,14 @@ def load_problems(path: str | Path, *, limit: int | None = None) -> list[Problem
         raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
+    return parse_problems(text, path, limit=limit)
+
+
+def parse_problems(text: str, path: str | Path, *, limit: int | None = None) -> list[Problem]:
+    """The problems in `text`, the content of the file `path` (its name decides the format and
+    prefixes every error): what `load_problems` does after reading, for uploaded files."""
+    path = Path(path)
+    text = text.removeprefix("\ufeff")
     problems: list[Problem] = []
     if path.suffix == ".json":
         try:

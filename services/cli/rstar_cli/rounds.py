@@ -3,7 +3,9 @@
 Rows: `"base"` (the base model), then rounds 0, 1, 2, ... Every accuracy carries its 95 %
 Wilson interval, and each round is compared with the base model on the same items by an
 exact McNemar test (`p_vs_base`), so nobody reads noise as progress. `rounds_table`
-returns JSON-ready rows, `render_markdown` the table a person reads.
+returns JSON-ready rows, `render_markdown` the table a person reads. A process-supervision
+run (`evolve_process`) adds per round its scored steps and its training's loss, weighted NLL
+and KL (columns shown only when some row has them).
 
 Not here: running rounds (`evolve`).
 """
@@ -37,12 +39,17 @@ def rounds_table(steps: Sequence[Any]) -> list[dict[str, Any]]:
 def _row(label: Any, evaluation: dict[str, Any], base: dict[str, Any], done: dict[str, Any]) -> dict[str, Any]:
     data = done.get("data") or {}
     search = done.get("search") or {}
-    sft = (done.get("train_sft") or {}).get("metrics", {})
+    policy = done.get("train_sft") or done.get("train_process") or {}
+    sft = policy.get("metrics", {})
+    # MCTS++: the round's GRPO policy (from its SFT policy) is the candidate it evaluated.
+    grpo = (done.get("train_grpo") or {}).get("metrics", {})
+    policy = done.get("train_grpo") or policy
     ppm = (done.get("train_ppm") or {}).get("metrics", {})
+    process = (done.get("train_process") or {}).get("metrics", {})
     decide = done.get("decide") or {}
     return {
         "round": label,
-        "policy": (done.get("train_sft") or {}).get("version"),
+        "policy": policy.get("version"),
         "ppm": (done.get("train_ppm") or {}).get("version"),
         "promoted": decide.get("promoted") if decide else None,
         "heldout_accuracy": _compare(evaluation["greedy_gsm8k"], base["greedy_gsm8k"]),
@@ -54,11 +61,15 @@ def _row(label: Any, evaluation: dict[str, Any], base: dict[str, Any], done: dic
         "sft_examples": (data.get("sft") or {}).get("examples"),
         "ppm_pairs": (data.get("ppm") or {}).get("pairs"),
         "ppm_pair_accuracy": ppm.get("heldout_pair_accuracy"),
-        "train_s": round(sum(m.get("train_s", 0.0) for m in (sft, ppm)), 1),
+        "train_s": round(sum(m.get("train_s", 0.0) for m in (sft, ppm, grpo)), 1),
         "search_s": round(search.get("wall_s", 0.0), 1),
         "data_s": round((data.get("wall_s") or 0.0) + ((done.get("bootstrap") or {}).get("wall_s") or 0.0), 1),
         "eval_s": round(evaluation.get("wall_s", 0.0), 1),
         "tokens": (search.get("tokens") or 0) + (evaluation.get("tokens") or 0),
+        "process_steps": (data.get("process") or {}).get("examples"),
+        "process_loss": process.get("train_loss"),
+        "weighted_nll": process.get("weighted_nll"),
+        "kl": process.get("kl"),
     }
 
 
@@ -88,17 +99,18 @@ def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
     levels = sorted({lv for row in rows for lv in row["practice_accuracy_by_level"]})
     n_greedy = next((row["heldout_accuracy"]["n"] for row in rows if row["heldout_accuracy"]), 0)
     n_search = next((row["heldout_search_accuracy"]["n"] for row in rows if row["heldout_search_accuracy"]), 0)
+    process = [key for key in _PROCESS_COLUMNS if any(row.get(key) is not None for row in rows)]
     head = (["round", f"GSM8K-{n_greedy} greedy", f"GSM8K-{n_search} search"] + [f"practice L{lv}" for lv in levels]
-            + ["solved e/m/h", "SFT ex.", "PPM pairs", "PPM acc.", "promoted"]
-            + ["search s", "data s", "train s", "eval s", "tokens"])
+            + ["solved e/m/h", "SFT ex.", "PPM pairs", "PPM acc."] + [_PROCESS_COLUMNS[k] for k in process]
+            + ["promoted", "search s", "data s", "train s", "eval s", "tokens"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         buckets = row["solved_by_bucket"] or {}
         bucket_text = "/".join(str(buckets.get(k, 0)) for k in ("easy", "medium", "hard")) if buckets else "–"
         cells = ([str(row["round"]), _cell(row["heldout_accuracy"]), _cell(row["heldout_search_accuracy"])]
                  + [_cell(row["practice_accuracy_by_level"].get(lv)) for lv in levels]
-                 + [bucket_text, _dash(row["sft_examples"]), _dash(row["ppm_pairs"]), _dash(row["ppm_pair_accuracy"]),
-                    _dash(row["promoted"])]
+                 + [bucket_text, _dash(row["sft_examples"]), _dash(row["ppm_pairs"]), _dash(row["ppm_pair_accuracy"])]
+                 + [_number(row.get(key)) for key in process] + [_dash(row["promoted"])]
                  + [f"{row[key]:.0f}" for key in ("search_s", "data_s", "train_s", "eval_s")] + [str(row["tokens"])])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -106,3 +118,11 @@ def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def _dash(value: Any) -> str:
     return "–" if value is None else str(value)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else _dash(value)
+
+
+# Process supervision's columns: row key -> header.
+_PROCESS_COLUMNS = {"process_steps": "PS steps", "process_loss": "PS loss", "weighted_nll": "wNLL", "kl": "KL"}

@@ -55,7 +55,8 @@ from typing import Any, Iterable
 
 from .grading import answers_match
 from .ports import CodeExecutor
-from .steps import STEP_STOP, StepKind, accumulate_code, get_format, new_output, render_output
+from .replay import replay_steps
+from .steps import STEP_STOP, StepKind, get_format
 from .types import Problem
 
 __all__ = ["Conversion", "VerifiedSet", "VerifiedTrajectory", "convert_gsm8k", "verify"]
@@ -421,22 +422,10 @@ async def _verify_one(conversion: Conversion, executor: CodeExecutor,
     """(trajectory, "") when it printed the ground truth, else (None, rejection reason)."""
     if conversion.steps is None:
         return None, conversion.reason
-    code: list[str] = []
-    stdout = ""
-    texts = []
-    for step in conversion.steps:
-        parsed = _FORMAT.parse(step, STEP_STOP, "stop")
-        if parsed.kind is not StepKind.CODE:
-            texts.append(step)
-            continue
-        result = await executor.run(accumulate_code(code, parsed.code), timeout_s=timeout_s)
-        if not result.ok:
-            return None, result.status.value
-        output = new_output(stdout, result.stdout)
-        code.append(parsed.code)
-        stdout = result.stdout
-        texts.append(step + (render_output(output) if output else ""))
-    printed = stdout.strip().splitlines()[-1].strip() if stdout.strip() else ""
+    replay = await replay_steps(conversion.steps, executor, timeout_s=timeout_s)
+    if not replay.ok:
+        return None, replay.failure
+    texts, printed = replay.texts, replay.last_printed_line
     if not await asyncio.to_thread(answers_match, printed, conversion.problem.answer):
         return None, WRONG_ANSWER
     return VerifiedTrajectory(conversion.problem, tuple(texts), printed), ""

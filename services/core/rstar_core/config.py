@@ -1,6 +1,7 @@
 """Experiment knobs for one search: a validated dataclass, loadable from a YAML recipe.
 
-Recipes live in `deploy/configs/` (round1, rounds 2-4, evaluation, the CPU demo). Unknown
+Recipes live in `deploy/configs/` (round1, rounds 2-4, evaluation, the CPU demo, the Marco-o1
+variants without a reward model: marco, marco-ministep, marco-reflect). Unknown
 keys are rejected so a typo never silently falls back to a default. Wiring (addresses,
 paths) is not here: that comes from `RSTAR_*` environment settings of each process.
 """
@@ -13,7 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["SearchConfig", "config_from_mapping", "dataclass_from_mapping", "load_config", "read_yaml_mapping"]
+__all__ = ["GRANULARITIES", "SearchConfig", "TERMINAL_REWARDS", "config_from_mapping", "dataclass_from_mapping",
+           "load_config", "read_yaml_mapping"]
+
+TERMINAL_REWARDS = ("ground_truth", "ppm", "confidence")
+GRANULARITIES = ("step", "mini-step")
+
+
+# Terminal rewards that are a model's judgement (not the ground truth): the search answers
+# with the highest-valued terminal instead of a vote (`SearchConfig.values_answers`).
+VALUED_TERMINAL_REWARDS = ("ppm", "confidence")
 
 
 @dataclass(frozen=True)
@@ -26,7 +36,8 @@ class SearchConfig:
     rollouts: int = 8
     # Extra rollouts for problems no rollout solved (hard), run with a new seed.
     hard_extra_rollouts: int = 0
-    # Steps below the root after which a branch ends as TOO_MANY_STEPS.
+    # Steps below the root after which a branch ends as TOO_MANY_STEPS (nodes: mini-steps and
+    # a reflection count too).
     max_depth: int = 8
     temperature: float = 0.7
     top_p: float = 1.0
@@ -41,8 +52,24 @@ class SearchConfig:
     prompt_format: str = "base"
     # Score new non-terminal nodes with the PPM (rounds 3-4 and evaluation).
     use_ppm_init: bool = False
-    # Terminal value: "ground_truth" (+1/-1, data generation) or "ppm" (evaluation).
+    # Terminal value of an answer: "ground_truth" (+1/-1, data generation), "ppm"
+    # (evaluation) or "confidence" (Marco-o1: the mean token confidence of the rollout, in
+    # [0, 1]; needs no ground truth and no PPM, needs `logprobs`).
     terminal_reward: str = "ground_truth"
+    # Give new non-terminal nodes the mean token confidence of their path as initial q (N=1),
+    # as use_ppm_init does with the PPM score (Marco-o1 without a reward model; needs `logprobs`).
+    use_confidence_init: bool = False
+    # What one tree node is: "step" (a whole code step or the answer) or "mini-step" (Marco-o1:
+    # at most `mini_step_tokens` tokens; a step longer than that spans several nodes, and its
+    # code runs once the node that completes it arrives).
+    granularity: str = "step"
+    # Tokens per mini-step node (Marco-o1 uses 32 or 64); only with granularity mini-step,
+    # where it must be below max_tokens_per_step (the budget of the whole step).
+    mini_step_tokens: int = 32
+    # Marco-o1 reflection: an answer found on a path without reflection also gets a sibling
+    # that continues after "<answer> Wait! Maybe I made some mistakes! ..."; the answer found
+    # below it records the first answer and whether it changed (once per path).
+    reflection: bool = False
     # True: unvisited children are explored before any visited sibling (standard UCT,
     # infinite bonus). False: the reference's rule (unvisited scores 0, search is greedy).
     explore_unvisited_first: bool = True
@@ -50,7 +77,7 @@ class SearchConfig:
     parallel_rollouts: int = 2
     # A rollout descends into the first candidate that is ready instead of waiting for
     # the slowest of the n samples; late candidates join the tree when they finish.
-    # Ignored with use_ppm_init (selection then needs every sibling's PPM score).
+    # Ignored with use_ppm_init / use_confidence_init (selection then needs every sibling's value).
     descend_on_first_child: bool = True
     # Virtual loss added per in-flight rollout passing through a node.
     virtual_loss: float = 1.0
@@ -83,11 +110,12 @@ class SearchConfig:
             raise ValueError(f"exec_timeout_s must be > 0, got {self.exec_timeout_s!r}")
         if self.virtual_loss < 0:
             raise ValueError(f"virtual_loss must be >= 0, got {self.virtual_loss!r}")
-        if self.terminal_reward not in ("ground_truth", "ppm"):
-            raise ValueError(
-                f"terminal_reward must be 'ground_truth' or 'ppm', got {self.terminal_reward!r}")
-        if not isinstance(self.logprobs, int) or self.logprobs < 0:
+        if self.terminal_reward not in TERMINAL_REWARDS:
+            raise ValueError(f"terminal_reward must be one of {', '.join(TERMINAL_REWARDS)}, "
+                             f"got {self.terminal_reward!r}")
+        if not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool) or self.logprobs < 0:
             raise ValueError(f"logprobs must be an integer >= 0, got {self.logprobs!r}")
+        self._check_marco()
         from .steps import get_format  # local import: steps imports grading, keep config light
 
         get_format(self.prompt_format)
@@ -96,9 +124,40 @@ class SearchConfig:
                 raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
             object.__setattr__(self, "stop", tuple(self.stop))
 
+    def _check_marco(self) -> None:
+        for name in ("use_ppm_init", "use_confidence_init", "reflection"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.use_ppm_init and self.use_confidence_init:
+            raise ValueError("use_ppm_init and use_confidence_init are both set: a node's initial value "
+                             "comes from one of them")
+        if self.uses_confidence and self.logprobs < 1:
+            why = "terminal_reward 'confidence'" if self.terminal_reward == "confidence" else "use_confidence_init"
+            raise ValueError(f"{why} needs the policy's top-k logprobs: set logprobs >= 1 (Marco-o1 uses 5), "
+                             f"got {self.logprobs}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        size = self.mini_step_tokens
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"mini_step_tokens must be a positive integer, got {size!r}")
+        if self.granularity == "mini-step" and size >= self.max_tokens_per_step:
+            raise ValueError(f"mini_step_tokens ({size}) must be below max_tokens_per_step "
+                             f"({self.max_tokens_per_step}), or no step would ever span two mini-steps")
+
     @property
     def needs_reward_model(self) -> bool:
         return self.use_ppm_init or self.terminal_reward == "ppm"
+
+    @property
+    def uses_confidence(self) -> bool:
+        """Token confidence gives some value of the search (terminal or initial)."""
+        return self.terminal_reward == "confidence" or self.use_confidence_init
+
+    @property
+    def values_answers(self) -> bool:
+        """Answer terminals carry a model's judgement (PPM or confidence), not the ground truth,
+        so the answer is the highest-valued one rather than a vote."""
+        return self.terminal_reward in VALUED_TERMINAL_REWARDS
 
     def replace(self, **changes: Any) -> "SearchConfig":
         return dataclasses.replace(self, **changes)

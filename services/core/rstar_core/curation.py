@@ -1,4 +1,4 @@
-"""Which examples the trainer gets: SFT picks and PPM pairs across rounds, deduplicated and clean.
+"""Which examples the trainer gets: SFT picks, PPM pairs and ORM/PQM examples, deduplicated and clean.
 
 Pure functions over finished trees and verified trajectories:
 
@@ -10,12 +10,21 @@ Pure functions over finished trees and verified trajectories:
 * `ppm_examples(trees)`: `data.build_ppm_pairs` of every tree, with the problem id kept so
   that the held-out split can be made by problem (`split_by_problem`), never by pair: two
   pairs of one problem share their prefix, and a split by pair would leak it.
+* `orm_examples(trees)` / `pqm_examples(trees)`: the reward-model ablation's baselines from
+  the same trees (`data.outcome_trajectories`, `data.step_values`): one example per graded
+  full solution (label: its answer is correct) and one per step (target: its Q value),
+  with the problem id kept for the same split by problem.
 * `decontaminate(problems, eval_questions)`: drops pool problems whose normalised question
   appears in an evaluation set, and says how many.
 
+Every example is made of whole steps: `data` folds mini-step chunks into the step they
+complete and leaves reflected paths out (its docstring has the rule), and nothing here reads
+tree nodes itself.
+
 The strings the models train on are not rendered here: the trainer renders SFT examples
-with the policy's prompt format and PPM pairs with the very function the reward model scores
-with, so nothing here can drift from serving. Not here either: files, HF datasets, hashes.
+with the policy's prompt format and PPM pairs, ORM solutions and PQM steps with the very
+function the reward model scores with, so nothing here can drift from serving. Not here
+either: files, HF datasets, hashes.
 """
 
 from __future__ import annotations
@@ -26,15 +35,19 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .data import build_ppm_pairs, select_sft
+from .data import build_ppm_pairs, outcome_trajectories, select_sft, step_values
 from .types import Problem, Tree
 
 __all__ = [
+    "ORMExample",
     "PPMExample",
+    "PQMExample",
     "SFTExample",
     "decontaminate",
     "normalise_question",
+    "orm_examples",
     "ppm_examples",
+    "pqm_examples",
     "sft_examples",
     "split_by_problem",
     "union_sft",
@@ -72,6 +85,26 @@ class PPMExample:
     round: int
 
 
+@dataclass(frozen=True)
+class ORMExample:
+    problem_id: str
+    question: str
+    # A whole solution, answer step included.
+    steps: tuple[str, ...]
+    correct: bool
+    round: int
+
+
+@dataclass(frozen=True)
+class PQMExample:
+    problem_id: str
+    question: str
+    # The steps up to and including the one whose Q value is the target.
+    steps: tuple[str, ...]
+    q: float
+    round: int
+
+
 def sft_examples(trees: Iterable[Tree], round: int, per_problem: int = 2) -> list[SFTExample]:
     out = []
     for tree in trees:
@@ -99,6 +132,16 @@ def ppm_examples(trees: Iterable[Tree], round: int, per_side: int = 2) -> list[P
             out.append(PPMExample(_problem_id(tree.problem), pair.question, pair.prefix, pair.pos, pair.neg,
                                   pair.q_pos, pair.q_neg, pair.whole_solution, round))
     return out
+
+
+def orm_examples(trees: Iterable[Tree], round: int) -> list[ORMExample]:
+    return [ORMExample(_problem_id(tree.problem), tree.problem.question, traj.steps, bool(traj.correct), round)
+            for tree in trees for traj in outcome_trajectories(tree)]
+
+
+def pqm_examples(trees: Iterable[Tree], round: int) -> list[PQMExample]:
+    return [PQMExample(_problem_id(tree.problem), tree.problem.question, step.steps, step.q, round)
+            for tree in trees for step in step_values(tree)]
 
 
 def split_by_problem(problem_ids: Iterable[str], heldout_fraction: float, seed: int = 0) -> set[str]:

@@ -1,4 +1,5 @@
-"""From finished trees to training data: trajectories, difficulty, SFT picks and PPM pairs.
+"""From finished trees to training data: trajectories, difficulty, SFT picks, PPM pairs and the
+ORM/PQM baselines' examples.
 
 All functions are pure and read only a `Tree`:
 
@@ -14,6 +15,23 @@ All functions are pure and read only a `Tree`:
 
 Code-error and max-depth leaves count as neither correct nor wrong when labelling steps
 (as in the reference), but they still lower Q through back-propagation.
+
+Marco-o1 trees (`mcts.search`) are read as whole steps, so no example holds half a step or a
+reflection prompt:
+
+* A `partial` node (a mini-step that ends inside a step) is never a step: the node that
+  completes the step holds all of it, its partial chunks included. A path's steps are its
+  non-partial nodes, and the steps that follow a step (the siblings PPM pairs compare) are
+  the complete nodes reached from it through partial nodes only. A path that ends inside a
+  step (a failure on a partial node) keeps the steps before it.
+* A `reflection` node and everything below it are left out of everything here
+  (trajectories, difficulty, labels, SFT, pairs, ORM/PQM examples). A reflected path holds
+  the first answer and the reflection prompt as one node, and the steps after it build on
+  both (and on the first answer's code), so it can neither be trained on as steps nor be cut
+  back to a plain solution. The first answer stays a trajectory of its own. Q values are the
+  search's: those of the steps above a reflection still include what was backed up from
+  below it.
+
 Nothing here filters by margin or edit distance across problems or writes files: dataset
 export belongs to the trainer.
 """
@@ -23,14 +41,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .types import Node, TerminalReason, Tree
+from .types import Node, NodeKind, TerminalReason, Tree
 
 __all__ = [
     "PreferencePair",
+    "StepValue",
     "Trajectory",
     "build_ppm_pairs",
     "difficulty",
+    "outcome_trajectories",
     "select_sft",
+    "step_values",
     "trajectories",
 ]
 
@@ -39,6 +60,7 @@ Difficulty = Literal["easy", "medium", "hard", "unknown"]
 
 @dataclass(frozen=True)
 class Trajectory:
+    # The nodes of `steps` (partial nodes left out, see the module docstring).
     node_ids: tuple[int, ...]
     steps: tuple[str, ...]
     q_values: tuple[float, ...]
@@ -73,16 +95,29 @@ class PreferencePair:
     whole_solution: bool = False
 
 
+@dataclass(frozen=True)
+class StepValue:
+    """One step with everything before it: what a PQM regresses onto the step's Q value."""
+
+    # The path from the root's first step up to and including this step (rendered texts).
+    steps: tuple[str, ...]
+    q: float
+    node_id: int
+
+
 def trajectories(tree: Tree) -> list[Trajectory]:
+    reflected = _reflected(tree)
     out = []
     for leaf in tree.terminals():
         path = tree.path(leaf)
-        if not path:  # the root itself ended (no candidate ever ran)
+        # No path: the root itself ended (no candidate ever ran).
+        if not path or leaf.id in reflected:
             continue
+        steps = _whole_steps(path)
         out.append(Trajectory(
-            node_ids=tuple(n.id for n in path),
-            steps=tuple(n.text for n in path),
-            q_values=tuple(n.q for n in path),
+            node_ids=tuple(n.id for n in steps),
+            steps=tuple(n.text for n in steps),
+            q_values=tuple(n.q for n in steps),
             terminal=leaf.terminal,
             answer=leaf.answer,
             correct=leaf.correct,
@@ -110,14 +145,15 @@ def select_sft(tree: Tree, k: int = 2) -> list[Trajectory]:
 
 def build_ppm_pairs(tree: Tree, per_side: int = 2) -> list[PreferencePair]:
     trajs = trajectories(tree)
-    if not any(t.correct for t in trajs) or not any(t.correct is False for t in trajs):
+    if not _both_outcomes(trajs):
         return []
-    below = _leaf_labels(tree)
+    reflected = _reflected(tree)
+    below = _leaf_labels(tree, reflected)
     pairs: list[PreferencePair] = []
     frontier = [tree.root]
     while frontier:
         node = frontier.pop(0)
-        kids = [tree.nodes[c] for c in node.children]
+        kids = _next_steps(tree, node, reflected)
         # Answer steps are paired as whole solutions below.
         steps = [k for k in kids if k.terminal is not TerminalReason.ANSWER]
         chosen = sorted((k for k in steps if below[k.id][0]), key=lambda k: -k.q)
@@ -125,7 +161,7 @@ def build_ppm_pairs(tree: Tree, per_side: int = 2) -> list[PreferencePair]:
         if chosen and rejected:
             n_pos = per_side * 2 if len(rejected) == 1 else per_side
             n_neg = per_side * 2 if len(chosen) == 1 else per_side
-            prefix = tuple(n.text for n in tree.path(node))
+            prefix = tuple(n.text for n in _whole_steps(tree.path(node)))
             for pos in chosen[:n_pos]:
                 for neg in rejected[:n_neg]:
                     if pos.id != neg.id and pos.q > neg.q:
@@ -134,6 +170,39 @@ def build_ppm_pairs(tree: Tree, per_side: int = 2) -> list[PreferencePair]:
         frontier.extend(k for k in kids if below[k.id][0] and below[k.id][1])
     pairs.extend(_final_step_pairs(tree.problem.question, trajs, per_side))
     return pairs
+
+
+def outcome_trajectories(tree: Tree) -> list[Trajectory]:
+    """The answered trajectories with a known outcome, of a tree with both outcomes (else none)."""
+    trajs = trajectories(tree)
+    if not _both_outcomes(trajs):
+        return []
+    return [t for t in trajs if t.answered and t.correct is not None]
+
+
+def step_values(tree: Tree) -> list[StepValue]:
+    """Every node with a graded answer below it (answer steps included), once, breadth first.
+
+    Nodes below which only code errors or the depth limit ended are left out, as they are
+    from the PPM pairs: their Q says nothing about a right or wrong answer.
+    """
+    if not _both_outcomes(trajectories(tree)):
+        return []
+    reflected = _reflected(tree)
+    below = _leaf_labels(tree, reflected)
+    out: list[StepValue] = []
+    frontier = _next_steps(tree, tree.root, reflected)
+    while frontier:
+        node = frontier.pop(0)
+        if not any(below[node.id]):
+            continue
+        out.append(StepValue(tuple(n.text for n in _whole_steps(tree.path(node))), node.q, node.id))
+        frontier.extend(_next_steps(tree, node, reflected))
+    return out
+
+
+def _both_outcomes(trajs: list[Trajectory]) -> bool:
+    return any(t.correct for t in trajs) and any(t.correct is False for t in trajs)
 
 
 def _final_step_pairs(question: str, trajs: list[Trajectory], per_side: int) -> list[PreferencePair]:
@@ -145,11 +214,40 @@ def _final_step_pairs(question: str, trajs: list[Trajectory], per_side: int) -> 
     ]
 
 
-def _leaf_labels(tree: Tree) -> dict[int, tuple[bool, bool]]:
-    """For every node: (a correct answer below it, a wrong answer below it)."""
+def _whole_steps(path: list[Node]) -> list[Node]:
+    """The path's steps: a partial node's chunk is repeated in the node that completes it."""
+    return [n for n in path if n.kind is not NodeKind.PARTIAL]
+
+
+def _next_steps(tree: Tree, node: Node, reflected: set[int]) -> list[Node]:
+    """The complete steps that follow `node`: its children, looking through partial nodes."""
+    out = []
+    for child in (tree.nodes[c] for c in node.children if c not in reflected):
+        if child.kind is NodeKind.PARTIAL:
+            out.extend(_next_steps(tree, child, reflected))
+        else:
+            out.append(child)
+    return out
+
+
+def _reflected(tree: Tree) -> set[int]:
+    """The ids of every reflection node and of every node below one."""
+    out: set[int] = set()
+    stack = [n.id for n in tree.nodes if n.kind is NodeKind.REFLECTION]
+    while stack:
+        node_id = stack.pop()
+        if node_id not in out:
+            out.add(node_id)
+            stack.extend(tree.nodes[node_id].children)
+    return out
+
+
+def _leaf_labels(tree: Tree, reflected: set[int]) -> dict[int, tuple[bool, bool]]:
+    """For every node: (a correct answer below it, a wrong answer below it); answers below a
+    reflection label nothing."""
     labels = {n.id: (False, False) for n in tree.nodes}
     for leaf in tree.terminals():
-        if leaf.terminal is not TerminalReason.ANSWER or leaf.correct is None:
+        if leaf.terminal is not TerminalReason.ANSWER or leaf.correct is None or leaf.id in reflected:
             continue
         walk: Node | None = leaf
         while walk is not None:

@@ -1,16 +1,28 @@
 """Test-time methods of `rstar eval`: their search settings and how each picks its answer.
 
-Five methods, each reporting the generated tokens it spent per item so that any two can be
+Seven methods, each reporting the generated tokens it spent per item so that any two can be
 compared at equal compute:
 
 * ``greedy``: pass@1, one step per expansion at temperature 0 (an MCTS with width 1 and one
   rollout, as the evolve driver's held-out evaluation does).
 * ``maj``: majority vote over N sampled solutions.
 * ``bon-ppm``: the sampled solution whose answer step the PPM scores highest, of N.
+* ``bon-orm``, ``bon-pqm``: the same with the ablation's baselines as the scorer: an outcome
+  reward model (one score per full solution) or a pointwise Q-value model.
 * ``mcts``: MCTS with the PPM (N rollouts); the answer of the best PPM-scored trajectory.
 * ``mcts-vote``: the same tree; a PPM-weighted vote over all its answers.
 
-**A sample** (``maj``, ``bon-ppm``) is one complete step-by-step solution generated the way
+**Scorers.** The reward model a method scores with is its *scorer*: ``ppm``, ``orm`` or
+``pqm`` (`SCORERS`). A ``bon-*`` method names its own; the tree methods take any (default
+``ppm``), so MCTS can run with each reward model. The search is blind to which one it is:
+all three give values in [-1, 1] through the same port. `method_label` names a method with
+a non-default scorer for the reports (``mcts-orm``, ``mcts-vote-pqm``), so its rows never mix
+with the PPM's. Below, "PPM" stands for whichever scorer is in use.
+The tree methods also take ``confidence`` (`CONFIDENCE`), which is no model: Marco-o1's token
+confidence of the policy itself (values in [0, 1]), chosen by a recipe whose
+``terminal_reward`` is ``confidence`` (``--config marco``) or by name; rows ``mcts-confidence``.
+
+**A sample** (``maj``, ``bon-*``) is one complete step-by-step solution generated the way
 the search generates a path: one candidate per step at the config's temperature, code
 steps run in the sandbox, failing candidates retried up to ``errors_threshold``. We draw it
 as its own width-1, one-rollout search with its own seed offset, rather than as N rollouts
@@ -44,9 +56,12 @@ from .grading import answers_match
 from .types import Node, TerminalReason, Tree
 
 __all__ = [
+    "BON_METHODS",
+    "CONFIDENCE",
     "METHODS",
     "PPM_METHODS",
     "SAMPLE_METHODS",
+    "SCORERS",
     "TREE_METHODS",
     "Pick",
     "Sample",
@@ -55,20 +70,31 @@ __all__ = [
     "group_answers",
     "majority_vote",
     "method_config",
+    "method_label",
     "pick_from_samples",
     "pick_from_tree",
     "ppm_weighted_vote",
     "sample_from_tree",
+    "scorer_of",
     "tree_answers",
     "weighted_vote",
 ]
 
-METHODS = ("greedy", "maj", "bon-ppm", "mcts", "mcts-vote")
+METHODS = ("greedy", "maj", "bon-ppm", "bon-pqm", "bon-orm", "mcts", "mcts-vote")
+# The reward models a method can score with; the first is the default of the tree methods.
+SCORERS = ("ppm", "orm", "pqm")
+# Best-of-N methods and the scorer each picks by.
+BON_METHODS = {"bon-ppm": "ppm", "bon-pqm": "pqm", "bon-orm": "orm"}
 # Methods whose N is the number of independent samples (drawn once at the largest N).
-SAMPLE_METHODS = ("maj", "bon-ppm")
+SAMPLE_METHODS = ("maj", *BON_METHODS)
 # Methods whose N is the number of rollouts of one tree (one search per N).
 TREE_METHODS = ("mcts", "mcts-vote")
-PPM_METHODS = ("bon-ppm", "mcts", "mcts-vote")
+# Methods that need a reward model (a PPM, or the ORM/PQM a bon-* method names).
+PPM_METHODS = (*BON_METHODS, *TREE_METHODS)
+# The tree methods' scorer that is no model: the policy's token confidence (Marco-o1).
+CONFIDENCE = "confidence"
+# Top-k logprobs a confidence search asks for when its recipe asks for none (the paper's 5).
+CONFIDENCE_TOP_K = 5
 
 # Two answers are the same vote when this says so: (answer, representative) -> bool.
 Same = Callable[[str, str], bool]
@@ -94,7 +120,7 @@ class Pick:
     """What a method settled on for one item at one N, and what it cost."""
 
     prediction: str | None
-    # The PPM score behind the pick (bon-ppm, mcts: the picked answer's value; mcts-vote:
+    # The PPM score behind the pick (bon-*, mcts: the picked answer's value; mcts-vote:
     # the winning answer's summed weight); None for greedy and maj.
     score: float | None
     tokens: int
@@ -106,13 +132,44 @@ class Pick:
 # ---------------------------------------------------------------------- settings
 
 
-def method_config(method: str, base: SearchConfig, n: int) -> SearchConfig:
+def scorer_of(method: str, scorer: str | None = None, base: SearchConfig | None = None) -> str | None:
+    """The reward model `method` scores with: None (greedy, maj), the bon-* method's own, or
+    `scorer` for the tree methods (default: ``confidence`` when the recipe `base` gives
+    answers confidence values, else ``ppm``). A `scorer` that contradicts the method or the
+    recipe is a `ValueError`."""
+    _check_method(method)
+    if scorer is not None and scorer not in (*SCORERS, CONFIDENCE):
+        raise ValueError(f"unknown scorer {scorer!r}: one of {', '.join((*SCORERS, CONFIDENCE))}")
+    if method in TREE_METHODS:
+        if base is not None and base.terminal_reward == CONFIDENCE and scorer not in (None, CONFIDENCE):
+            raise ValueError(f"the recipe values answers by token confidence (terminal_reward: confidence): "
+                             f"--scorer {scorer} does not apply (leave it out, or use another recipe)")
+        if base is not None and base.terminal_reward == CONFIDENCE:
+            return CONFIDENCE
+        return scorer or SCORERS[0]
+    own = BON_METHODS.get(method)
+    if scorer is not None and scorer != own:
+        needs = f"scores with the {own.upper()}" if own else "uses no reward model"
+        raise ValueError(f"{method} {needs}: a {scorer} scorer does not apply (use --method bon-{scorer} or an "
+                         "MCTS method)")
+    return own
+
+
+def method_label(method: str, scorer: str | None = None) -> str:
+    """The method's name in rows and reports: a tree method with a scorer other than the PPM
+    carries it (``mcts-orm``); every other method is its own name."""
+    used = scorer_of(method, scorer)
+    return f"{method}-{used}" if method in TREE_METHODS and used != SCORERS[0] else method
+
+
+def method_config(method: str, base: SearchConfig, n: int, scorer: str | None = None) -> SearchConfig:
     """The search settings one search of `method` at `n` runs with, from the `base` budgets.
 
-    greedy, maj and bon-ppm run width-1, one-rollout searches (greedy at temperature 0);
+    greedy, maj and bon-* run width-1, one-rollout searches (greedy at temperature 0);
     the tree methods run `n` rollouts of `base`. Methods that pick by the PPM get PPM
-    terminal values. Extra rollouts for unsolved problems never apply: the search does
-    not see the gold answer.
+    terminal values; tree methods whose scorer is ``confidence`` (`scorer_of`) get token
+    confidence terminal values (with top-5 logprobs if `base` asks for none). Extra
+    rollouts for unsolved problems never apply: the search does not see the gold answer.
     """
     _check_method(method)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -121,13 +178,16 @@ def method_config(method: str, base: SearchConfig, n: int) -> SearchConfig:
         raise ValueError(f"greedy decodes once: N must be 1, got {n}")
     common = {"hard_extra_rollouts": 0}
     if method in TREE_METHODS:
+        if scorer_of(method, scorer, base) == CONFIDENCE:
+            return base.replace(rollouts=n, terminal_reward=CONFIDENCE, logprobs=base.logprobs or CONFIDENCE_TOP_K,
+                                **common)
         return base.replace(rollouts=n, terminal_reward="ppm", **common)
     width1 = {"expansion_width": 1, "rollouts": 1, "parallel_rollouts": 1, "use_ppm_init": False, **common}
     if method == "greedy":
         return base.replace(temperature=0.0, terminal_reward="ground_truth", **width1)
     if base.temperature <= 0:
         raise ValueError(f"{method} needs samples that differ: temperature must be > 0, got {base.temperature}")
-    return base.replace(terminal_reward="ppm" if method == "bon-ppm" else "ground_truth", **width1)
+    return base.replace(terminal_reward="ppm" if method in BON_METHODS else "ground_truth", **width1)
 
 
 def _check_method(method: str) -> None:
@@ -192,10 +252,10 @@ def sample_from_tree(tree: Tree, seconds: float = 0.0) -> Sample:
     """A width-1, one-rollout search as one sample: its answer, PPM score and tokens.
 
     The score is the answer terminal's value only when the tree's config gave terminals
-    PPM values; a tree without an answer is a sample with answer None.
+    PPM (or confidence) values; a tree without an answer is a sample with answer None.
     """
     node = best_trajectory(tree)
-    scored = tree.config.get("terminal_reward") == "ppm"
+    scored = _scored(tree)
     return Sample(answer=node.answer if node else None,
                   score=node.terminal_value if node is not None and scored else None,
                   tokens=tree.stats.generated_tokens, seconds=seconds)
@@ -214,7 +274,7 @@ def best_of_n(samples: Sequence[Sample]) -> Sample | None:
 
 
 def pick_from_samples(method: str, samples: Sequence[Sample], n: int, same: Same = _same_answer) -> Pick:
-    """maj or bon-ppm at `n` over the first `n` of `samples` (the nested samples of one draw)."""
+    """maj or bon-* at `n` over the first `n` of `samples` (the nested samples of one draw)."""
     if method not in SAMPLE_METHODS:
         raise ValueError(f"pick_from_samples is for {', '.join(SAMPLE_METHODS)}, got {method!r}")
     if not 1 <= n <= len(samples):
@@ -262,7 +322,7 @@ def pick_from_tree(method: str, tree: Tree, seconds: float = 0.0, same: Same = _
     if method in SAMPLE_METHODS:
         raise ValueError(f"{method} picks from samples, not from one tree")
     nodes = tree_answers(tree)
-    scored = tree.config.get("terminal_reward") == "ppm"
+    scored = _scored(tree)
     candidates = tuple((n.answer, n.terminal_value if scored else None) for n in nodes)
     tokens = tree.stats.generated_tokens
     if method == "greedy":
@@ -275,3 +335,8 @@ def pick_from_tree(method: str, tree: Tree, seconds: float = 0.0, same: Same = _
                     candidates)
     answer, weight = ppm_weighted_vote(tree, same)
     return Pick(answer, weight, tokens, seconds, candidates)
+
+
+def _scored(tree: Tree) -> bool:
+    # Terminal values are a model's judgement (PPM or token confidence), not the gold answer.
+    return tree.config.get("terminal_reward") in ("ppm", CONFIDENCE)

@@ -62,7 +62,9 @@ class Completion:
     stop_string: str | None = None
     num_tokens: int = 0
     # Mean over generated tokens of the chosen token's probability normalised against
-    # the top-k alternatives (token-confidence reward); None when logprobs were not asked.
+    # the top-k alternatives (`rstar_core.confidence.token_confidence`, Marco-o1's reward);
+    # None when logprobs were not asked. With `num_tokens` it combines exactly into the
+    # mean over a longer text (`path_confidence`), so per-token values stay in the engine.
     token_confidence: float | None = None
 
 

@@ -31,15 +31,19 @@ from .grading import extract_answer
 
 __all__ = [
     "FORMATS",
+    "REFLECTION_PROMPT",
     "ParsedStep",
     "StepFormat",
     "StepKind",
     "accumulate_code",
     "get_format",
     "new_output",
+    "split_pending",
 ]
 
 STEP_STOP = "\n#"
+# Marco-o1's reflection prompt, appended after a first answer for the policy to rethink.
+REFLECTION_PROMPT = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
 OUTPUT_STOP = "\nOutput:"
 OUTPUT_PREFIX = "Output: "
 # Output shown to the model is cut to this many characters (head and tail kept).
@@ -51,6 +55,8 @@ class StepKind(str, enum.Enum):
     ANSWER = "answer"
     # Neither code that parses nor an answer: the candidate is dropped.
     INVALID = "invalid"
+    # Mini-step granularity: the token budget cut the step short; the next node continues it.
+    PARTIAL = "partial"
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,10 @@ class StepFormat:
             prompt += "\n".join(steps) + "\n"
         return prompt
 
+    def render_mini_step_prompt(self, question: str, steps: Sequence[str], pending: str) -> str:
+        """The prompt after complete `steps` and the unfinished step's text so far (mini-steps)."""
+        return self.render_prompt(question, steps) + pending
+
     def render_solution(self, question: str, steps: Sequence[str]) -> str:
         """Prompt plus a complete solution (for the PPM and for SFT targets)."""
         return self.render_prompt(question) + "\n".join(steps)
@@ -123,6 +133,54 @@ class StepFormat:
             wants_output=stop_string == OUTPUT_STOP,
             ended_solution=ended,
         )
+
+
+    def parse_mini_step(self, pending: str, text: str, stop_string: str | None, finish_reason: str, *,
+                        room_left: bool, stops: Sequence[str] | None = None) -> ParsedStep:
+        """Classify one mini-step: the `text` a policy call of at most a mini-step's tokens gave
+        after `pending`, the unfinished step's earlier mini-steps.
+
+        The stop strings (`stops`, default the format's) still end a step, so a mini-step
+        never spans two steps. The engine sees one chunk at a time, so a stop string split
+        between two chunks (``...\nOutput`` | ``: 30``) is found here: the step ends there
+        and the rest of the chunk is dropped, as the engine would have stopped. Cut by the
+        token budget (finish "length") while the step has `room_left` in its own budget
+        (max_tokens_per_step), the chunk is PARTIAL (its `text` is the chunk alone, verbatim:
+        the next chunk continues it character for character), unless the step so far already
+        holds an answer. Otherwise the whole step (`pending + text`) is parsed as `parse` does
+        (cut by the budget with no room left: "truncated").
+        """
+        whole = pending + text
+        if pending:
+            found = [(whole.find(stop), stop) for stop in (self.stops if stops is None else stops) if stop]
+            found = [(at, stop) for at, stop in found if 0 <= at < len(pending)]
+            if found:
+                at, stop = min(found)
+                return self.parse(whole[:at], stop, "stop")
+        if finish_reason == "length" and room_left:
+            parsed = self.parse(whole, stop_string, finish_reason)
+            if parsed.kind is StepKind.ANSWER:
+                return parsed
+            return ParsedStep(StepKind.PARTIAL, text)
+        return self.parse(whole, stop_string, finish_reason)
+
+
+def split_pending(parts: Sequence[tuple[str, bool]]) -> tuple[list[str], str]:
+    """A mini-step path as (complete step texts, text of the step still being written).
+
+    `parts` are the path's node texts with whether each is a partial mini-step. The node
+    that completes a step carries the whole step, so partial nodes count only after the
+    last complete one, where they are the unfinished step so far.
+    """
+    steps: list[str] = []
+    pending: list[str] = []
+    for text, partial in parts:
+        if partial:
+            pending.append(text)
+        else:
+            steps.append(text)
+            pending = []
+    return steps, "".join(pending)
 
 
 def _is_python(text: str) -> bool:

@@ -35,6 +35,10 @@ class NodeKind(str, enum.Enum):
     ROOT = "root"
     CODE = "code"
     ANSWER = "answer"
+    # A mini-step that ends inside a step (granularity mini-step): no code run yet.
+    PARTIAL = "partial"
+    # An answer followed by the reflection prompt; the search continues below it.
+    REFLECTION = "reflection"
 
 
 class TerminalReason(str, enum.Enum):
@@ -51,6 +55,9 @@ class Node:
     depth: int
     kind: NodeKind = NodeKind.ROOT
     # The step exactly as it appears in later prompts, including an appended "Output: ...".
+    # Mini-steps: a PARTIAL node holds its own chunk; the node that completes the step holds
+    # the whole step (the chunks before it and its own), so a path's non-partial texts are
+    # its steps.
     text: str = ""
     # The code of this step alone (empty for root and answer steps).
     code: str = ""
@@ -75,8 +82,15 @@ class Node:
     # Every non-terminal child is exhausted or terminal: selection skips this node.
     exhausted: bool = False
     failed_expansions: int = 0
+    # Tokens this node's own completion generated, and their mean token confidence
+    # (`rstar_core.confidence`; None when logprobs were not asked).
     num_tokens: int = 0
     token_confidence: float | None = None
+    # Reflection: on a REFLECTION node, the id of the answer node whose answer it rethinks;
+    # on an answer below it, that first answer and whether this answer differs from it.
+    reflection_of: int | None = None
+    answer_before_reflection: str | None = None
+    reflection_changed: bool | None = None
 
     @property
     def q(self) -> float:

@@ -24,19 +24,19 @@ Not here: model preparation (`rstar_models.store`), gRPC (`service`).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping
 
+from rstar_core.confidence import mean_token_confidence
 from rstar_core.ports import Completion, GenerationRequest
 
 from rstar_models.hardware import preferred_dtype
 from rstar_models.store import model_version
 
-__all__ = ["EngineSettings", "VLLMPolicy", "enforce_eager_from_env", "token_confidence"]
+__all__ = ["EngineSettings", "VLLMPolicy", "completion_confidence", "enforce_eager_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -187,16 +187,21 @@ def _finished(output: Any, text: str, token_ids: Any, logprobs: Any, top_k: int)
         finish_reason=output.finish_reason or "stop",
         stop_string=stop,
         num_tokens=len(token_ids),
-        token_confidence=token_confidence(token_ids, logprobs) if top_k and logprobs else None,
+        token_confidence=completion_confidence(token_ids, logprobs, top_k) if top_k and logprobs else None,
     )
 
 
-def token_confidence(token_ids: Any, logprobs: Any) -> float | None:
-    """Mean over tokens of p(chosen) normalised over the chosen token and its top-k rivals."""
-    values = []
+def completion_confidence(token_ids: Any, logprobs: Any, top_k: int) -> float | None:
+    """Marco-o1 token confidence of one sample: vLLM's per-position logprobs reduced by the core.
+
+    vLLM gives each position a dict of the sampled token (with its vocabulary rank) and the
+    `top_k` most likely tokens (ranks 1..k); the sampled token is one of those when its rank is
+    at most k. Positions without the sampled token's entry are skipped.
+    """
+    positions = []
     for token_id, alternatives in zip(token_ids, logprobs):
         if not alternatives or token_id not in alternatives:
             continue
-        mass = sum(math.exp(lp.logprob) for lp in alternatives.values())
-        values.append(math.exp(alternatives[token_id].logprob) / mass if mass > 0 else 0.0)
-    return sum(values) / len(values) if values else None
+        top = [lp.logprob for lp in alternatives.values() if lp.rank is None or lp.rank <= top_k]
+        positions.append((alternatives[token_id].logprob, top or [alternatives[token_id].logprob]))
+    return mean_token_confidence(positions)

@@ -10,6 +10,12 @@ Purpose
       raw_neg)`` is the standard BT preference probability, while a difference of tanh
       scores is bounded in [-2, 2] (loss floor ``-log sigmoid(2) ~ 0.13``) and its gradient
       vanishes as scores saturate. Ranking is unaffected since tanh is monotonic.
+    * The same model, head and forward also serve the two baselines of the reward-model
+      ablation, told apart by its `objective` (kept in the manifest): an outcome reward
+      model (``orm``, `outcome_loss`: binary cross-entropy of the raw logit against the
+      final answer's correctness) and a pointwise Q-value model (``pqm``, `q_value_loss`:
+      MSE of the tanh score against the step's Q value). Both are scored exactly like the
+      PPM (``tanh(raw)`` at the last token), so any of the three plugs into the same port.
     * `save_pretrained` / `from_pretrained` store the backbone and tokenizer in the usual
       Hugging Face layout plus ``value_head.safetensors`` and an ``rstar_ppm.json``
       manifest; a round trip reproduces scores bit for bit.
@@ -54,13 +60,16 @@ from rstar_models.hardware import preferred_dtype
 
 __all__ = [
     "MANIFEST_FILE",
+    "OBJECTIVES",
     "PPMOutput",
     "PPMRewardModel",
     "ProcessPreferenceModel",
     "ScoringStats",
     "VALUE_HEAD_FILE",
     "build_ppm_dir",
+    "outcome_loss",
     "pairwise_loss",
+    "q_value_loss",
     "render_prefix",
 ]
 
@@ -73,6 +82,9 @@ FORMAT_VERSION = 1
 HEAD_DTYPE = torch.float32
 
 DType = torch.dtype | str
+# What a value-head model was trained for: step preferences (the PPM), solution outcomes
+# (ORM) or step Q values (PQM). The scoring is the same for all three.
+OBJECTIVES = ("ppm", "orm", "pqm")
 
 
 def _resolve_dtype(dtype: DType) -> torch.dtype | str:
@@ -106,6 +118,32 @@ def pairwise_loss(pos_raw: torch.Tensor, neg_raw: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(pos_raw - neg_raw).mean()
 
 
+def outcome_loss(raw: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """ORM loss: binary cross-entropy of ``sigmoid(raw)`` against correctness (1/0), averaged.
+
+    `raw` is the logit at a whole solution's last token. Serving reports ``tanh(raw)``,
+    which is ``2 * sigmoid(2 * raw) - 1``: monotonic in the probability of a correct
+    answer, so best-of-N picks the same solution either way.
+    """
+    if raw.shape != correct.shape:
+        raise ValueError(f"raw and correct shapes differ: {tuple(raw.shape)} vs {tuple(correct.shape)}")
+    return F.binary_cross_entropy_with_logits(raw.float(), correct.float())
+
+
+def q_value_loss(raw: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """PQM loss: ``mean((tanh(raw) - q)^2)`` for step Q values `q` in [-1, 1].
+
+    The tanh score, not the raw logit, is regressed: it is what serving returns and has the
+    targets' range, so the served score *is* the predicted Q. Regressing the raw logit would
+    leave serving's tanh to bend every prediction (a learnt 0.9 served as 0.72). The cost is
+    a gradient that shrinks near +-1; targets of exactly +-1 (terminal steps) still pull the
+    score towards them.
+    """
+    if raw.shape != q.shape:
+        raise ValueError(f"raw and q shapes differ: {tuple(raw.shape)} vs {tuple(q.shape)}")
+    return F.mse_loss(torch.tanh(raw.float()), q.float())
+
+
 class ProcessPreferenceModel(torch.nn.Module):
     """Backbone (``AutoModel``) + ``Linear(hidden, 1)`` value head at the last real token."""
 
@@ -116,8 +154,11 @@ class ProcessPreferenceModel(torch.nn.Module):
         tokenizer: PreTrainedTokenizerBase,
         *,
         base_model: str,
+        objective: str = "ppm",
     ) -> None:
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         hidden = backbone.config.hidden_size
         if value_head.in_features != hidden or value_head.out_features != 1:
             raise ValueError(
@@ -129,6 +170,8 @@ class ProcessPreferenceModel(torch.nn.Module):
         self.tokenizer = tokenizer
         # The policy checkpoint this PPM was initialised from (kept across save/load).
         self.base_model = base_model
+        # ppm, orm or pqm: what the head was (or will be) trained for.
+        self.objective = objective
 
     # ---- construction -------------------------------------------------------------
 
@@ -140,8 +183,9 @@ class ProcessPreferenceModel(torch.nn.Module):
         dtype: DType = "auto",
         seed: int = 0,
         init_std: float = 1e-3,
+        objective: str = "ppm",
     ) -> ProcessPreferenceModel:
-        """An untrained PPM: backbone from a policy checkpoint, head ~ N(0, init_std), bias 0.
+        """An untrained PPM (or ORM/PQM): backbone from a policy checkpoint, head ~ N(0, init_std), bias 0.
 
         The head is drawn from its own generator seeded with `seed`, so it is reproducible
         and leaves the global torch RNG untouched.
@@ -155,9 +199,10 @@ class ProcessPreferenceModel(torch.nn.Module):
             head.weight.normal_(0.0, init_std, generator=generator)
             head.bias.zero_()
         logger.info(
-            "initialised PPM from policy %s (seed %d, init_std %g)", policy_dir, seed, init_std
+            "initialised %s from policy %s (seed %d, init_std %g)",
+            objective.upper(), policy_dir, seed, init_std,
         )
-        return cls(backbone, head, tokenizer, base_model=policy_dir)
+        return cls(backbone, head, tokenizer, base_model=policy_dir, objective=objective)
 
     @classmethod
     def from_pretrained(
@@ -195,8 +240,11 @@ class ProcessPreferenceModel(torch.nn.Module):
             )
         head = torch.nn.Linear(hidden, 1, dtype=HEAD_DTYPE)
         head.load_state_dict({k: v.to(HEAD_DTYPE) for k, v in state.items()})
-        logger.info("loaded PPM from %s (backbone %s)", path, backbone.dtype)
-        return cls(backbone, head, _load_tokenizer(str(path)), base_model=manifest["base_model"])
+        # Directories written before the ORM/PQM baselines existed are PPMs.
+        objective = manifest.get("objective", "ppm")
+        logger.info("loaded %s from %s (backbone %s)", objective.upper(), path, backbone.dtype)
+        return cls(backbone, head, _load_tokenizer(str(path)), base_model=manifest["base_model"],
+                   objective=objective)
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
         """Write backbone (safetensors), tokenizer, value head and manifest to `out_dir`."""
@@ -214,9 +262,10 @@ class ProcessPreferenceModel(torch.nn.Module):
             "hidden_size": self.backbone.config.hidden_size,
             "head_dtype": str(HEAD_DTYPE).removeprefix("torch."),
             "base_model": self.base_model,
+            "objective": self.objective,
         }
         (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        logger.info("saved PPM to %s", path)
+        logger.info("saved %s to %s", self.objective.upper(), path)
         return path
 
     # ---- compute ------------------------------------------------------------------
@@ -361,7 +410,8 @@ class PPMRewardModel:
         """Load a PPM directory.
 
         The default version is the one the model registry recorded in the directory's
-        ``rstar_model.json``, else ``ppm:<dir name>:<head digest>``. A manifest without a
+        ``rstar_model.json``, else ``<objective>:<dir name>:<head digest>`` (objective: ppm,
+        orm or pqm, from the directory's ``rstar_ppm.json``). A manifest without a
         kind or of kind ``policy`` (a policy's, copied along with the backbone the PPM was
         initialised from) names the policy, not this model, and is ignored.
 
@@ -379,7 +429,7 @@ class PPMRewardModel:
         if model_version is None:
             head_bytes = (Path(model_dir) / VALUE_HEAD_FILE).read_bytes()
             digest = hashlib.sha256(head_bytes).hexdigest()[:12]
-            model_version = f"ppm:{Path(model_dir).resolve().name}:{digest}"
+            model_version = f"{model.objective}:{Path(model_dir).resolve().name}:{digest}"
         return cls(model, model_version=model_version, **kwargs)
 
     @property

@@ -2,7 +2,8 @@
 
 Tables: `runs`, `batches` (one enqueued file of problems), `problems` (per run),
 `search_tasks` (one per run, problem, round and seed), `search_results` (exactly one per
-task, with the whole tree), `trajectories` (root-to-terminal paths extracted from the tree
+task, with the whole tree), `search_snapshots` (the latest partial tree of a running
+search, for the web console's live view), `trajectories` (root-to-terminal paths extracted from the tree
 when it is written, for the data builders), `model_versions` (every trained checkpoint in
 the model store: lineage, training data and config, metrics and roll-out status),
 `model_promotions` (the history of promotions and rollbacks that a rollback walks) and
@@ -54,6 +55,7 @@ __all__ = [
     "Run",
     "RunStatus",
     "SearchResultRow",
+    "SearchSnapshot",
     "SearchTask",
     "TaskState",
     "TrajectoryRow",
@@ -224,6 +226,26 @@ class SearchResultRow(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(JsonType)
     tree: Mapped[dict[str, Any]] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SearchSnapshot(Base):
+    """The latest partial tree of a running search, replaced every few seconds by its worker.
+
+    One row per task: the web console's live view reads it while the search runs. The row
+    is deleted when the final result is recorded (the result holds the whole tree); one
+    left by a failed or interrupted attempt shows how far that attempt got.
+    """
+
+    __tablename__ = "search_snapshots"
+    __table_args__ = (CheckConstraint("seq >= 1 AND n_nodes >= 0", name="counts"),)
+
+    task_id: Mapped[int] = mapped_column(BigId, ForeignKey("search_tasks.id", ondelete="CASCADE"),
+                                         primary_key=True, autoincrement=False)
+    # Bumped by every write, so a reader can tell a new snapshot from the one it has.
+    seq: Mapped[int]
+    n_nodes: Mapped[int]
+    tree: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class TrajectoryRow(Base):

@@ -17,6 +17,9 @@ on are safe to repeat and to race:
   promotions of one kind take turns, so at most one version per kind is ever promoted.
 * `start_evolve_step` never restarts a step that is done: a restarted self-evolution
   driver asks the store what to skip.
+* `save_snapshot` (a running search's partial tree, for the live view) writes only while
+  the task is running, and `record_result` deletes it: a late snapshot never outlives
+  the final tree.
 
 Unknown runs, tasks, model versions and evolve steps raise `LookupError`; bad arguments
 raise `ValueError` naming the field or the record. Not here: the schema (`models`),
@@ -33,7 +36,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Table, func, select, text, update
+from sqlalchemy import Engine, Table, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,6 +57,7 @@ from .models import (
     Run,
     RunStatus,
     SearchResultRow,
+    SearchSnapshot,
     SearchTask,
     TaskState,
     TrajectoryRow,
@@ -366,7 +370,43 @@ class Store:
                 session.execute(TrajectoryRow.__table__.insert(), [{"result_id": result_id, **p} for p in paths])
             session.execute(update(SearchTask).where(SearchTask.id == task_id)
                             .values(state=TaskState.DONE, finished_at=now, last_error=None))
+            # The result holds the whole tree: the live partial one has served its purpose.
+            session.execute(delete(SearchSnapshot).where(SearchSnapshot.task_id == task_id))
         return True
+
+    def save_snapshot(self, task_id: int, tree: Mapping[str, Any]) -> int | None:
+        """Replace the running task's partial tree (a `Tree.to_dict()`); returns its sequence number.
+
+        Returns None, writing nothing, when the task is not running (its result is recorded,
+        or it was cancelled or failed meanwhile): a late snapshot never shadows a final tree.
+        """
+        if not isinstance(tree, Mapping) or not isinstance(tree.get("nodes"), list):
+            raise ValueError("tree must be a Tree.to_dict() mapping with a 'nodes' list")
+        data = _scrub_nul(dict(tree))
+        with self._write.begin() as session:
+            # FOR UPDATE: takes turns with `record_result`, which deletes the snapshot.
+            state = session.scalar(select(SearchTask.state).where(SearchTask.id == task_id).with_for_update())
+            if state is None:
+                raise LookupError(f"no search task {task_id}")
+            if state != TaskState.RUNNING:
+                return None
+            insert = _insert(session, SearchSnapshot.__table__).values(
+                task_id=task_id, seq=1, n_nodes=len(data["nodes"]), tree=data, updated_at=utcnow())
+            return session.scalar(
+                insert.on_conflict_do_update(
+                    index_elements=["task_id"],
+                    set_={"seq": SearchSnapshot.__table__.c.seq + 1, "n_nodes": insert.excluded.n_nodes,
+                          "tree": insert.excluded.tree, "updated_at": insert.excluded.updated_at})
+                .returning(SearchSnapshot.seq))
+
+    def get_snapshot(self, task_id: int) -> dict[str, Any] | None:
+        """The task's latest partial tree as {seq, n_nodes, tree, updated_at}, or None."""
+        with self._read() as session:
+            row = session.get(SearchSnapshot, task_id)
+            if row is None:
+                return None
+            return {"seq": row.seq, "n_nodes": row.n_nodes, "tree": row.tree,
+                    "updated_at": _aware(row.updated_at).isoformat()}
 
     def mark_failed(self, task_id: int, reason: str, final: bool) -> bool:
         """Record a failed attempt: back to `queued` for a retry, or `failed` when `final`.
@@ -439,6 +479,28 @@ class Store:
                 out = {"run": run_row.name, **row._mapping}
                 out["finished_at"] = _aware(out["finished_at"]).isoformat() if out["finished_at"] else None
                 yield out
+
+    def task_states(self, task_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """(state, last error) of each of `task_ids` that exists: what a waiting client polls."""
+        out: dict[int, tuple[str, str | None]] = {}
+        with self._read() as session:
+            for chunk in _chunks(list(dict.fromkeys(task_ids))):
+                rows = session.execute(select(SearchTask.id, SearchTask.state, SearchTask.last_error)
+                                       .where(SearchTask.id.in_(chunk)))
+                out.update((task_id, (state, error)) for task_id, state, error in rows)
+        return out
+
+    def task_results(self, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """{tree, wall_s, model_versions} of each of `task_ids` that has a result."""
+        out: dict[int, dict[str, Any]] = {}
+        with self._read() as session:
+            for chunk in _chunks(list(dict.fromkeys(task_ids))):
+                rows = session.execute(
+                    select(SearchResultRow.task_id, SearchResultRow.tree, SearchResultRow.wall_s,
+                           SearchResultRow.model_versions).where(SearchResultRow.task_id.in_(chunk)))
+                out.update((task_id, {"tree": tree, "wall_s": wall_s, "model_versions": versions})
+                           for task_id, tree, wall_s, versions in rows)
+        return out
 
     def get_run(self, name: str) -> RunInfo:
         with self._read() as session:

@@ -1,15 +1,18 @@
 """One training step of a self-evolution round, the same in-process and on the `train` queue.
 
-A `TrainJob` names the run, round and step (`train_sft` or `train_ppm`), the model it starts
-from, the dataset and the settings. `run_train_job`:
+A `TrainJob` names the run, round and step (`train_sft`, `train_ppm`, the ablation's
+baselines `train_orm` and `train_pqm`, or `train_process`: MCTS process supervision's
+weighted-NLL + KL round, from the previous round's policy; `train_grpo`: MCTS++'s GRPO stage,
+from the round's SFT policy, registered as a second `policy` version of the round with the
+SFT version as its parent), the model it starts from, the dataset and the settings. `run_train_job`:
 
 1. returns the recorded result when the step is already done (a redelivered message, or a
    driver that was killed after the training finished, never trains twice);
 2. trains, resuming from the newest complete checkpoint in the job's work directory: in
    this process, or under `accelerate launch` (`train_once`) when ``RSTAR_ACCELERATE_CONFIG``
    names a config of `deploy/accelerate/` (GPU nodes: one GPU, DDP, FSDP, DeepSpeed);
-3. registers the model as a `candidate` version (kind `policy` or `ppm`) with its lineage:
-   parent, base model, dataset manifest and hash, training config and metrics;
+3. registers the model as a `candidate` version (kind `policy`, `ppm`, `orm` or `pqm`) with
+   its lineage: parent, base model, dataset manifest and hash, training config and metrics;
 4. records the step as done with `{version, path, metrics}` in `evolve_steps`.
 
 A finished model that was not registered yet (a crash between 2 and 3) is registered
@@ -32,7 +35,11 @@ __all__ = ["TrainJob", "run_train_job", "train_model"]
 
 log = logging.getLogger(__name__)
 
-STEPS = {"train_sft": "policy", "train_ppm": "ppm"}
+# Step -> the kind of model it registers.
+STEPS = {"train_sft": "policy", "train_ppm": "ppm", "train_orm": "orm", "train_pqm": "pqm",
+         "train_process": "policy", "train_grpo": "policy"}
+# Step -> the kind of dataset it reads, where that is not the kind of model it registers.
+_DATASETS = {"train_sft": "sft", "train_process": "process", "train_grpo": "grpo"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,8 @@ class TrainJob:
     run: str
     round: int
     step: str
-    # SFT: the original base model; PPM: the round's fine-tuned policy.
+    # SFT: the original base model; PPM, ORM, PQM: the round's fine-tuned policy; process
+    # supervision: the previous round's policy (also the KL reference).
     start_model: str
     dataset: str
     work_dir: str
@@ -96,11 +104,24 @@ def train_model(job: TrainJob, *, progress_bar: bool = True) -> Path:
 
         config = config_from_mapping(SFTConfig, job.config, source=f"{job.step} config")
         train_sft(job.start_model, job.dataset, out, work / "checkpoints", config, progress_bar=progress_bar)
+    elif job.step == "train_grpo":
+        from .grpo_config import grpo_config
+        from .grpo_trainer import train_grpo
+
+        config = grpo_config(job.config, source=f"{job.step} config")
+        train_grpo(job.start_model, job.dataset, out, work / "checkpoints", config, progress_bar=progress_bar)
+    elif job.step == "train_process":
+        from .process_config import ProcessConfig
+        from .process_trainer import train_process
+
+        config = config_from_mapping(ProcessConfig, job.config, source=f"{job.step} config")
+        train_process(job.start_model, job.dataset, out, work / "checkpoints", config, progress_bar=progress_bar)
     else:
-        from .ppm_trainer import train_ppm
+        from . import ppm_trainer
 
         config = config_from_mapping(PPMConfig, job.config, source=f"{job.step} config")
-        train_ppm(job.start_model, job.dataset, out, work / "checkpoints", config, progress_bar=progress_bar)
+        train = getattr(ppm_trainer, job.step)  # train_ppm, train_orm or train_pqm
+        train(job.start_model, job.dataset, out, work / "checkpoints", config, progress_bar=progress_bar)
     return out
 
 
@@ -125,13 +146,16 @@ def _train_and_register(job: TrainJob, registry, progress_bar: bool, trained_by:
 
     kind = STEPS[job.step]
     work = Path(job.work_dir)
-    registered = [v for v in registry.list(kind=kind, run=job.run) if v.round == job.round]
+    # A round may register two policies (SFT, then MCTS++'s GRPO from it): told apart by the
+    # step recorded with each (versions registered before steps were recorded match any step).
+    registered = [v for v in registry.list(kind=kind, run=job.run)
+                  if v.round == job.round and (v.metrics or {}).get("step", job.step) == job.step]
     if registered:
         version = registered[0]
         log.info("%s of run %s round %d is already registered as %s", kind, job.run, job.round, version.version)
         return {"version": version.version, "path": version.path, "metrics": version.metrics,
                 "trained_by": version.metrics.get("trained_by")}
-    _, info = load_training_set(job.dataset, "sft" if kind == "policy" else "ppm")
+    _, info = load_training_set(job.dataset, _DATASETS.get(job.step, kind))
     accelerate_config = os.environ.get("RSTAR_ACCELERATE_CONFIG")
     out = _launch(job, accelerate_config) if accelerate_config else train_model(job, progress_bar=progress_bar)
     record = json.loads((out / "rstar_training.json").read_text())
@@ -139,9 +163,18 @@ def _train_and_register(job: TrainJob, registry, progress_bar: bool, trained_by:
         out, kind=kind, round=job.round, run=job.run, parent=job.parent, base=job.base,
         datasets={Path(job.dataset).name: {"path": info.path, "content_hash": info.content_hash,
                                            "counts": info.manifest.get("counts", {})}},
-        train_config=record["config"], metrics={**record["metrics"], "trained_by": trained_by})
+        train_config=record["config"], metrics={**record["metrics"], "trained_by": trained_by, "step": job.step},
+        name_hint=_grpo_name(job) if job.step == "train_grpo" else None)
     _remove_checkpoints(work / "checkpoints")
     return {"version": version.version, "path": version.path, "metrics": record["metrics"], "trained_by": trained_by}
+
+
+def _grpo_name(job: TrainJob) -> str:
+    """`<run>-r<round>-policy-grpo`: the round's GRPO policy, told apart from its SFT policy by name."""
+    import re
+
+    safe_run = re.sub(r"[^A-Za-z0-9._-]+", "-", job.run).lstrip(".-") or "run"
+    return f"{safe_run}-r{job.round}-policy-grpo"
 
 
 def _remove_checkpoints(path: Path) -> None:

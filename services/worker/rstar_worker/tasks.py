@@ -1,13 +1,16 @@
 """Celery tasks: thin wrappers that run one search through gRPC clients and store it.
 
-`rstar.search(task_id)` loads the task's problem and config from the store, claims it,
+`rstar.search(task_id)` loads the task's problem and config from the store (with the seed
+offset a batch config may carry: `app.SEED_OFFSET_KEY`), claims it,
 runs MCTS with the policy, reward and executor services behind the core ports, and writes
 the result idempotently (a redelivered task never writes twice). A service that is
 unavailable makes the task retry with exponential backoff; a task that keeps failing ends
 in the `failed` state with its reason, never silently dropped. The store being unreachable
 (PostgreSQL restarting) is an outage too: the whole task is retried later, for up to
 `RSTAR_DB_OUTAGE_RETRIES` times (about ten minutes), since nothing can be recorded meanwhile
-and acking the message would leave the task queued or running for good.
+and acking the message would leave the task queued or running for good. While a search
+runs, its partial tree is written to the store every `RSTAR_SNAPSHOT_INTERVAL_S` seconds
+(`SnapshotPublisher`) for the web console's live view.
 
 Concurrency: run the worker with the threads pool (`-P threads -c N`): the N threads hand
 their searches to one event loop per process with one gRPC channel per service, so one
@@ -33,15 +36,17 @@ from rstar_rpc.clients import GrpcExecutorClient, GrpcPolicyClient, GrpcRewardCl
 from rstar_rpc.settings import ClientSettings
 from rstar_store import Store
 
-from .app import SEARCH_TASK, app
+from .app import SEARCH_TASK, SEED_OFFSET_KEY, app
 
-__all__ = ["search"]
+__all__ = ["SnapshotPublisher", "search"]
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 MAX_RETRIES = int(os.environ.get("RSTAR_TASK_MAX_RETRIES", "6"))
 DB_OUTAGE_RETRIES = int(os.environ.get("RSTAR_DB_OUTAGE_RETRIES", "25"))
+# How often a running search publishes its partial tree for the web console (0: never).
+SNAPSHOT_INTERVAL_S = float(os.environ.get("RSTAR_SNAPSHOT_INTERVAL_S", "3"))
 # What the store raises while the database is down or restarting.
 DATABASE_DOWN = (OperationalError, InterfaceError)
 
@@ -115,11 +120,15 @@ def _search(self: Task, task_id: int) -> str:
     if not db.claim_task(task_id, worker=f"{socket.gethostname()}:{os.getpid()}", celery_id=self.request.id):
         return "skipped"
     try:
-        config = config_from_mapping(spec.config, source=f"task {task_id} config").replace(seed=spec.seed)
+        settings = dict(spec.config)
+        seed_offset = int(settings.pop(SEED_OFFSET_KEY, 0))
+        config = config_from_mapping(settings, source=f"task {task_id} config").replace(seed=spec.seed)
         state = _state()
         reward = state.reward if config.needs_reward_model else None
         mcts = MCTS(state.policy, state.executor, config, reward=reward)
-        future = asyncio.run_coroutine_threadsafe(_run(mcts, spec.problem, [state.policy, reward]), state.loop)
+        publish = SnapshotPublisher(db, task_id, SNAPSHOT_INTERVAL_S)
+        future = asyncio.run_coroutine_threadsafe(
+            _run(mcts, spec.problem, [state.policy, reward], publish, seed_offset=seed_offset), state.loop)
         result = future.result()
         written = db.record_result(task_id, result)
     except ServiceUnavailable as exc:
@@ -139,15 +148,70 @@ def _search(self: Task, task_id: int) -> str:
     return "done" if written else "duplicate"
 
 
-async def _run(mcts: MCTS, problem, versioned_clients):
+async def _run(mcts: MCTS, problem, versioned_clients, publish: "SnapshotPublisher | None" = None, *,
+               seed_offset: int = 0):
     try:
         # The tree records the model versions that produced it: ask before searching, so a
         # service that rolled over to a new version is recorded correctly.
         for client in versioned_clients:
             if client is not None:
                 await client.refresh_model_version()
-        return await mcts.search(problem)
+        try:
+            return await mcts.search(problem, seed_offset=seed_offset, on_tree=publish.start if publish else None)
+        finally:
+            if publish is not None:
+                await publish.stop()
     except grpc.aio.AioRpcError as exc:
         if exc.code() in RETRYABLE:
             raise ServiceUnavailable(f"{exc.code().name}: {exc.details()}") from exc
         raise
+
+
+class SnapshotPublisher:
+    """Writes a running search's partial tree to the store every `interval_s` seconds.
+
+    Lives in the search's event loop (the only place the tree may be read): the tree is
+    serialised there and written from a thread, so the search never waits for the
+    database. A tree that has not changed since the last write is not written again. A
+    failed write is logged and skipped: the live view is a convenience, and must never
+    fail or slow down the search it shows. `interval_s <= 0` publishes nothing.
+    """
+
+    def __init__(self, db: Store, task_id: int, interval_s: float) -> None:
+        self.db = db
+        self.task_id = task_id
+        self.interval_s = interval_s
+        self._stopping: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.written = 0
+
+    def start(self, tree) -> None:
+        if self.interval_s > 0:
+            self._stopping = asyncio.Event()
+            self._task = asyncio.ensure_future(self._loop(tree))
+
+    async def stop(self) -> None:
+        """Stop publishing; returns after an in-flight write ended (so none lands after the result)."""
+        if self._task is not None:
+            self._stopping.set()
+            await self._task
+
+    async def _loop(self, tree) -> None:
+        last = None
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+                return
+            except asyncio.TimeoutError:
+                pass
+            mark = (len(tree.nodes), tree.stats.rollouts, tree.root.visits)
+            if mark == last:
+                continue
+            data = tree.to_dict()
+            try:
+                if await asyncio.to_thread(self.db.save_snapshot, self.task_id, data) is None:
+                    return  # the task is no longer running
+                self.written += 1
+                last = mark
+            except Exception:  # noqa: BLE001 - see the class docstring
+                log.warning("task %s: could not publish a snapshot of its tree", self.task_id, exc_info=True)

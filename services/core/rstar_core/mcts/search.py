@@ -18,6 +18,22 @@ One `MCTS.search(problem)` builds one tree:
   (``q += v, N += 1``). Unlike the reference code, failures are backed up too, so a branch
   that only produces errors loses value instead of staying attractive.
 
+Marco-o1 variants (arXiv 2411.14405; recipes `marco*.yaml`), each a `SearchConfig` switch:
+
+* ``terminal_reward: confidence`` / ``use_confidence_init``: the mean token confidence of
+  the path (`rstar_core.confidence`, from the top-k logprobs the policy returns) is the
+  answer's terminal value / a new node's initial q, where there is no ground truth and no
+  PPM. Answers are then picked by value, as with the PPM.
+* ``granularity: mini-step``: a node is at most ``mini_step_tokens`` tokens. The stop
+  strings still end a step, so a chunk cut by the token budget is a PARTIAL node inside a
+  step (no code run); the node whose chunk completes the step carries the whole step and
+  runs its code. ``max_tokens_per_step`` still bounds the whole step, ``max_depth`` counts
+  nodes.
+* ``reflection``: an answer reached on a path without reflection gets a REFLECTION sibling
+  (the answer, then "Wait! Maybe I made some mistakes! ..."); selection reaches it next, so
+  the policy goes on rethinking, and the answer found below it records the first answer and
+  whether it changed. Both answers are terminals of the tree.
+
 A rollout keeps descending and expanding until it reaches a terminal or a node with no
 selectable child, so each rollout is one root-to-leaf chain of n-wide expansions.
 Candidates arrive one by one as the engine finishes them (`generate_stream`): each is run
@@ -52,12 +68,14 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 from ..config import SearchConfig
+from ..confidence import path_confidence
 from ..grading import answers_match
 from ..ports import CodeExecutor, Completion, GenerationRequest, PolicyModel, RewardModel, ScoringItem
-from ..steps import ParsedStep, StepKind, accumulate_code, get_format, new_output, render_output
+from ..steps import (REFLECTION_PROMPT, ParsedStep, StepKind, accumulate_code, get_format, new_output, render_output,
+                     split_pending)
 from ..types import Node, NodeKind, Problem, TerminalReason, Tree
 
-__all__ = ["MCTS", "SearchResult", "pick_answer"]
+__all__ = ["MCTS", "SearchResult", "pick_answer", "pick_terminal"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +106,9 @@ class _Context:
     code: list[str]
     stdout: str
     seen: set[str]
+    # Mini-steps: the unfinished step's text so far and the tokens it has used.
+    pending: str = ""
+    pending_tokens: int = 0
 
 
 class _Expansion:
@@ -146,16 +167,22 @@ class MCTS:
 
     # ------------------------------------------------------------------ public API
 
-    async def search(self, problem: Problem, *, seed_offset: int = 0) -> SearchResult:
+    async def search(self, problem: Problem, *, seed_offset: int = 0,
+                     on_tree: Callable[[Tree], None] | None = None) -> SearchResult:
+        """Search `problem` to the end. `on_tree` gets the tree once, as soon as it exists, so
+        a caller can watch it grow (the worker publishes snapshots of it); it is mutated by
+        this event loop, so read it only from there."""
         start = time.perf_counter()
         tree = Tree.new(problem, config=self.config.to_dict(), model_versions=self._versions())
+        if on_tree is not None:
+            on_tree(tree)
         await self.run_rollouts(tree, self.config.rollouts, seed_offset=seed_offset)
         if self.config.hard_extra_rollouts and problem.answer is not None and not _any_correct(tree):
             # Hard problems get another batch of rollouts with a different seed.
             await self.run_rollouts(tree, self.config.hard_extra_rollouts, seed_offset=seed_offset + 1_000_003)
         wall = time.perf_counter() - start
         tree.stats.wall_s += wall
-        answer = pick_answer(tree, by_ppm=self.config.terminal_reward == "ppm")
+        answer = pick_answer(tree, by_ppm=self.config.values_answers)
         correct = None
         if problem.answer is not None:
             correct = answer is not None and await asyncio.to_thread(self.grader, answer, problem.answer)
@@ -188,15 +215,19 @@ class MCTS:
         finally:
             await _cancel_all(tasks)
 
-    async def run_rollouts(self, tree: Tree, count: int, *, seed_offset: int = 0) -> None:
+    async def run_rollouts(self, tree: Tree, count: int, *, seed_offset: int = 0, start: Node | None = None) -> None:
+        """`count` rollouts from `start` (default: the root). A later node of the tree is the
+        root of a search that continues a given partial solution: the steps above it are the
+        prompt's and the code's context, and selection never leaves its subtree."""
+        start = start if start is not None else tree.root
         pending = _Pending()
         todo = iter(range(count))
 
         async def lane() -> None:
             for index in todo:
-                if tree.root.exhausted or tree.root.is_terminal:
+                if start.exhausted or start.is_terminal:
                     return
-                await self._rollout(tree, pending, seed_offset + index)
+                await self._rollout(tree, pending, seed_offset + index, start)
                 tree.stats.rollouts += 1
 
         lanes = [asyncio.ensure_future(lane()) for _ in range(min(self.config.parallel_rollouts, count))]
@@ -210,9 +241,11 @@ class MCTS:
 
     # ------------------------------------------------------------------ one rollout
 
-    async def _rollout(self, tree: Tree, pending: _Pending, rollout_seed: int) -> None:
-        wait_for_all = self.config.use_ppm_init or not self.config.descend_on_first_child
-        node = tree.root
+    async def _rollout(self, tree: Tree, pending: _Pending, rollout_seed: int, start: Node) -> None:
+        # Initial values (PPM or confidence) rank siblings: selection needs all of them.
+        wait_for_all = (self.config.use_ppm_init or self.config.use_confidence_init
+                        or not self.config.descend_on_first_child)
+        node = start
         path = [node]
         pending.add(node)
         try:
@@ -288,14 +321,19 @@ class MCTS:
             self._make_terminal(tree, node, TerminalReason.MAX_DEPTH, FAILURE_VALUE)
             node.expanded = True
             return
-        prompt = self.format.render_prompt(tree.problem.question, [n.text for n in path])
-        context = _Context([n.code for n in path if n.code], node.stdout, set())
+        steps, pending = _steps_of(path)
+        prompt = self.format.render_prompt(tree.problem.question, steps) + pending
+        context = _Context([n.code for n in path if n.code], node.stdout, set(), pending,
+                           _pending_tokens(path))
+        max_tokens = cfg.max_tokens_per_step
+        if cfg.granularity == "mini-step":
+            max_tokens = min(cfg.mini_step_tokens, cfg.max_tokens_per_step - context.pending_tokens)
         while node.failed_expansions < cfg.errors_threshold:
             seed = _derive_seed(cfg.seed, rollout_seed, node.id, node.failed_expansions)
             jobs = []
             tree.stats.policy_calls += 1
             try:
-                async for completion in self.policy.generate_stream(self._request(prompt, seed)):
+                async for completion in self.policy.generate_stream(self._request(prompt, seed, max_tokens)):
                     tree.stats.candidates += 1
                     tree.stats.generated_tokens += completion.num_tokens
                     step = self._screen(tree, completion, context)
@@ -313,14 +351,14 @@ class MCTS:
         if not node.children:
             self._make_terminal(tree, node, TerminalReason.TOO_MANY_ERRORS, FAILURE_VALUE)
 
-    def _request(self, prompt: str, seed: int) -> GenerationRequest:
+    def _request(self, prompt: str, seed: int, max_tokens: int) -> GenerationRequest:
         cfg = self.config
         return GenerationRequest(
             prompt=prompt,
             n=cfg.expansion_width,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            max_tokens=cfg.max_tokens_per_step,
+            max_tokens=max_tokens,
             stop=self.stops,
             seed=seed,
             logprobs=cfg.logprobs,
@@ -329,7 +367,12 @@ class MCTS:
     def _screen(self, tree: Tree, completion: Completion, context: "_Context") -> ParsedStep | None:
         """Parse a candidate; drop (and count) invalid ones and exact duplicates."""
         stats = tree.stats
-        step = self.format.parse(completion.text, completion.stop_string, completion.finish_reason)
+        if self.config.granularity == "mini-step":
+            room_left = context.pending_tokens + completion.num_tokens < self.config.max_tokens_per_step
+            step = self.format.parse_mini_step(context.pending, completion.text, completion.stop_string,
+                                               completion.finish_reason, room_left=room_left, stops=self.stops)
+        else:
+            step = self.format.parse(completion.text, completion.stop_string, completion.finish_reason)
         if step.kind is StepKind.INVALID:
             stats.count(stats.dropped_invalid, step.reason)
             self._keep_dropped(tree, completion.text, step.reason)
@@ -344,6 +387,12 @@ class MCTS:
                          context: "_Context", expansion: _Expansion) -> bool:
         """Run, evaluate and attach one candidate; False if its code failed."""
         common = dict(num_tokens=completion.num_tokens, token_confidence=completion.token_confidence)
+        if step.kind is StepKind.PARTIAL:
+            # Part of a step: nothing to run until the node that completes it.
+            child = tree.add_child(node, kind=NodeKind.PARTIAL, text=step.text, stdout=context.stdout, **common)
+            await self._init_value(tree, child)
+            expansion.notify()
+            return True
         if step.kind is StepKind.ANSWER:
             child = tree.add_child(node, kind=NodeKind.ANSWER, text=step.text, answer=step.answer,
                                    stdout=context.stdout, **common)
@@ -369,13 +418,22 @@ class MCTS:
             else:
                 child.answer, child.answer_from_output = last_line, True
                 await self._finish_answer(tree, child)
-        elif self.config.use_ppm_init:
-            [value] = await self._score(tree, [child])
-            child.init_value = value
-            child.value_sum += value
-            child.visits += 1
+        else:
+            await self._init_value(tree, child)
         expansion.notify()
         return True
+
+    async def _init_value(self, tree: Tree, node: Node) -> None:
+        """A new non-terminal node's initial q (N=1): its PPM score or its path's token confidence."""
+        if self.config.use_ppm_init:
+            [value] = await self._score(tree, [node])
+        elif self.config.use_confidence_init:
+            value = self._confidence(tree, node)
+        else:
+            return
+        node.init_value = value
+        node.value_sum += value
+        node.visits += 1
 
     def _keep_dropped(self, tree: Tree, text: str, reason: str) -> None:
         if len(tree.dropped_examples) < MAX_DROPPED_EXAMPLES:
@@ -387,18 +445,52 @@ class MCTS:
         truth = tree.problem.answer
         if truth is not None:
             node.correct = await asyncio.to_thread(self.grader, node.answer, truth)
+        reflected = next((n for n in tree.path(node) if n.kind is NodeKind.REFLECTION), None)
+        if reflected is not None:
+            first = tree.nodes[reflected.reflection_of].answer
+            node.answer_before_reflection = first
+            node.reflection_changed = not await asyncio.to_thread(_same_answer, self.grader, node.answer, first)
         if self.config.terminal_reward == "ppm":
             [value] = await self._score(tree, [node])
+        elif self.config.terminal_reward == "confidence":
+            value = self._confidence(tree, node)
         elif node.correct is not None:
             value = 1.0 if node.correct else -1.0
         else:
             # No ground truth and no PPM: the answer carries no signal either way.
             value = 0.0
         self._make_terminal(tree, node, TerminalReason.ANSWER, value)
+        if self.config.reflection and reflected is None:
+            await self._add_reflection(tree, node)
+
+    async def _add_reflection(self, tree: Tree, answer: Node) -> None:
+        """Marco-o1 reflection: a sibling of `answer` that shows it, then asks to rethink.
+
+        The answer stays a terminal of its own (its value is already backed up); the sibling
+        is an ordinary node that selection reaches next (unvisited), so the rollout that found
+        the answer goes on below it. Its path holds the answer's tokens once, through it.
+        """
+        parent = tree.nodes[answer.parent]
+        child = tree.add_child(parent, kind=NodeKind.REFLECTION, text=f"{answer.text}\n{REFLECTION_PROMPT}",
+                               code=answer.code, output=answer.output, stdout=answer.stdout,
+                               reflection_of=answer.id)
+        await self._init_value(tree, child)
+
+    def _confidence(self, tree: Tree, node: Node) -> float:
+        """The mean token confidence of the path down to `node` (0 when no token had logprobs)."""
+        parts = []
+        for n in tree.path(node):
+            source = tree.nodes[n.reflection_of] if n.kind is NodeKind.REFLECTION else n
+            parts.append((source.token_confidence, source.num_tokens))
+        value = path_confidence(parts)
+        return 0.0 if value is None else value
 
     async def _score(self, tree: Tree, nodes: Sequence[Node]) -> list[float]:
         assert self.reward is not None
-        items = [ScoringItem(tree.problem.question, tuple(n.text for n in tree.path(node))) for node in nodes]
+        items = []
+        for node in nodes:
+            steps, pending = _steps_of(tree.path(node))
+            items.append(ScoringItem(tree.problem.question, tuple(steps + [pending] if pending else steps)))
         tree.stats.reward_calls += 1
         return list(await self.reward.score(items))
 
@@ -433,17 +525,20 @@ def pick_answer(tree: Tree, *, by_ppm: bool) -> str | None:
     With PPM terminal values: the answer of the highest-valued terminal. Otherwise a
     majority vote over answer terminals (ties: the earliest found).
     """
+    node = pick_terminal(tree, by_ppm=by_ppm)
+    return node.answer if node is not None else None
+
+
+def pick_terminal(tree: Tree, *, by_ppm: bool) -> Node | None:
+    """The terminal whose answer `pick_answer` returns (the first found of a voted answer)."""
     answers = [n for n in tree.nodes if n.terminal is TerminalReason.ANSWER and n.answer is not None]
     if not answers:
         return None
     if by_ppm:
-        return max(answers, key=lambda n: n.terminal_value or 0.0).answer
+        return max(answers, key=lambda n: n.terminal_value or 0.0)
     votes = Counter(_normalise(n.answer) for n in answers)
     best = max(votes.values())
-    for n in answers:
-        if votes[_normalise(n.answer)] == best:
-            return n.answer
-    return None
+    return next(n for n in answers if votes[_normalise(n.answer)] == best)
 
 
 def _normalise(answer: str) -> str:
@@ -454,6 +549,27 @@ def _any_correct(tree: Tree) -> bool | None:
     if tree.problem.answer is None:
         return None
     return any(n.correct for n in tree.nodes)
+
+
+def _steps_of(path: Sequence[Node]) -> tuple[list[str], str]:
+    """The path's complete steps and the unfinished step's mini-steps so far (`split_pending`)."""
+    return split_pending([(n.text, n.kind is NodeKind.PARTIAL) for n in path])
+
+
+def _pending_tokens(path: Sequence[Node]) -> int:
+    """Tokens of the trailing partial mini-steps: what the unfinished step has used of its budget."""
+    tokens = 0
+    for node in reversed(path):
+        if node.kind is not NodeKind.PARTIAL:
+            break
+        tokens += node.num_tokens
+    return tokens
+
+
+def _same_answer(grader: Grader, answer: str | None, other: str | None) -> bool:
+    if answer is None or other is None:
+        return answer is other
+    return answer == other or grader(answer, other)
 
 
 def _derive_seed(*parts: int) -> int:

@@ -1,0 +1,104 @@
+"""`rstar evolve` with `method: process-supervision`, in this process, on the real small model,
+sandbox and trainer: one round walks a tiny pool, writes its scored steps, trains the base
+policy (round 1's "previous" policy) with the weighted NLL + KL loss, registers the version
+with its lineage, evaluates it on held-out items and decides; running again is a no-op."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# Easy questions: the 135M model answers some right and some wrong, so steps get scores.
+POOL = [{"id": f"easy{i}", "question": q, "answer": a, "source": "GSM8K"} for i, (q, a) in enumerate([
+    ("Tom has 2 apples and buys 3 more. How many apples does Tom have?", "5"),
+    ("A box holds 4 pens. How many pens are in 2 boxes?", "8"),
+])]
+
+RECIPE = """
+method: process-supervision
+pool: {sources: [GSM8K], limit: 2}
+search:
+  1: {expansion_width: 3, rollouts: 3, max_depth: 4, temperature: 1.0, max_tokens_per_step: 64,
+      errors_threshold: 1, parallel_rollouts: 2, concurrent_problems: 4}
+process: {alpha: 1.0, beta: 0.1, learning_rate: 1.0e-4, max_steps: 1, batch_size: 2, grad_accum: 1,
+          max_length: 384, save_steps: 1, threads: 2}
+eval:
+  gsm8k_limit: 2
+  practice_per_level: 1
+  greedy_max_depth: 4
+  greedy_max_tokens_per_step: 64
+  search_limit: 1
+  search: {expansion_width: 2, rollouts: 1, max_depth: 4, temperature: 0.8, max_tokens_per_step: 64,
+           errors_threshold: 1, parallel_rollouts: 1, concurrent_problems: 4}
+promote: {tolerance: 1.0}
+"""
+
+
+@pytest.mark.timeout(1800)
+def test_a_process_supervision_round_walks_trains_registers_and_evaluates(model_dir, data_dir, tmp_path,
+                                                                          monkeypatch):
+    from datasets import load_from_disk
+
+    from rstar_cli.evolve import EvolveSettings, Evolver
+    from rstar_cli.evolve_recipe import load_recipe
+    from rstar_cli.rounds import render_markdown, rounds_table
+    from rstar_models.registry import ModelRegistry
+    from rstar_store import Store, migrate
+
+    monkeypatch.setenv("RSTAR_CPU_KVCACHE_GIB", "2")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in POOL))
+    (tmp_path / "ps.yaml").write_text(RECIPE)
+    url = f"sqlite:///{tmp_path / 'rstar.db'}"
+    migrate(url)
+    store = Store.from_url(url)
+    lines: list[str] = []
+    try:
+        registry = ModelRegistry(tmp_path / "store", store)
+        settings = EvolveSettings(run="ps", pool_file=pool, recipe=load_recipe(tmp_path / "ps.yaml"), rounds=1,
+                                  work_dir=tmp_path / "work", data_dir=data_dir, base_model=model_dir)
+        Evolver(settings, store, registry, echo=lines.append).run()
+        steps = {(s.round, s.step): s for s in store.list_evolve_steps("ps")}
+        assert all(s.state == "done" for s in steps.values()), {k: (s.state, s.error) for k, s in steps.items()}
+        walk = steps[1, "search"].result
+        assert walk["problems"] == 2 and walk["failed"] == 0 and walk["policy"] == model_dir
+        assert walk["policy_version"] is None and walk["searches"] >= 2
+        if not walk["examples"]:
+            pytest.skip(f"the base model's walks scored no step this time: {walk['ended']}")
+        assert (1, "bootstrap") not in steps and (0, "train_sft") not in steps
+
+        data = steps[1, "data"].result["process"]
+        rows = load_from_disk(data["path"])
+        assert len(rows) == data["examples"] == walk["examples"]
+        assert all(r["score"] != 0 and r["prompt"].endswith("\n") for r in rows)
+
+        trained = steps[1, "train_process"].result
+        version = store.get_model_version(trained["version"])
+        assert version.kind == "policy" and version.round == 1 and version.run == "ps" and version.parent is None
+        assert Path(version.path, "model.safetensors").is_file()
+        metrics = trained["metrics"]
+        assert metrics["kind"] == "process" and metrics["steps"] == 1 and metrics["beta"] == 0.1
+        assert math.isfinite(metrics["weighted_nll"]) and metrics["kl"] >= 0
+        assert json.loads(Path(version.path, "rstar_training.json").read_text())["base_model"] == model_dir
+
+        evaluation = steps[1, "evaluate"].result
+        assert evaluation["policy"] == trained["path"] and evaluation["prompt_format"] == "sft"
+        assert steps[1, "decide"].result["promoted"] is True
+        assert store.promoted_model("policy").version == trained["version"]
+
+        table = rounds_table(store.list_evolve_steps("ps"))
+        assert [row["round"] for row in table] == ["base", 1]
+        assert table[1]["policy"] == trained["version"] and table[1]["process_steps"] == walk["examples"]
+        assert table[1]["kl"] == metrics["kl"] and "| KL |" in render_markdown(table)
+
+        # Running again resumes a finished run: nothing is redone.
+        lines.clear()
+        Evolver(settings, store, registry, echo=lines.append).run()
+        assert not any(line.endswith(" ...") for line in lines), lines
+    finally:
+        store.close()
