@@ -164,12 +164,17 @@ def main() -> None:
                 "pairs_per_s": ppm_metrics["pairs_per_s"], "train_s": ppm_metrics["train_s"]},
     }
     print(record, flush=True)
-    write_record(Path(args.out_json), "train", record)
+    write_reports(record, Path(args.out_json), Path(args.out_md))
+
+
+def write_reports(record: dict, out_json: Path, out_md: Path) -> None:
+    """The "train" record of docs/benchmarks.json and its section of docs/benchmarks.md."""
+    write_record(out_json, "train", record)
     s, p = record["sft"], record["ppm"]
-    replace_section(Path(args.out_md), "train-bench", f"""<!-- train-bench:start -->
+    replace_section(out_md, "train-bench", f"""<!-- train-bench:start -->
 ## Training speed (`{COMMAND}`)
 
-{record['date']}, {record['machine']}, {threads} torch threads, SmolLM2-135M-Instruct, {s['precision']}.
+{record['date']}, {record['machine']}, {record['threads']} torch threads, SmolLM2-135M-Instruct, {s['precision']}.
 SFT on {s['examples']} verified GSM8K conversions, batch {s['batch_size']}, {s['steps']} optimizer steps
 (the first {WARMUP_STEPS} left out); the plain loop runs the trainer's own batches.
 

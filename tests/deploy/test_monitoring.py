@@ -32,7 +32,8 @@ ALERT_TESTS = Path(__file__).parent / "alerts_test.yml"
 GRAFANA = REPO / "deploy/grafana"
 DASHBOARD = GRAFANA / "dashboards/rstar.json"
 SERVICES = ("policy", "reward", "executor")
-ENV = {"POSTGRES_PASSWORD": "pg", "RABBITMQ_PASSWORD": "mq", "GRAFANA_ADMIN_PASSWORD": "gf"}
+ENV = {"POSTGRES_PASSWORD": "pg", "RABBITMQ_PASSWORD": "mq", "GRAFANA_ADMIN_PASSWORD": "gf",
+       "RSTAR_WEB_TOKEN": "test-web-token-0123456789"}
 # rabbitmq_prometheus: aggregated metrics on /metrics, per-queue ones on /metrics/detailed.
 RABBITMQ_METRICS = {"rabbitmq_connections", "rabbitmq_channels",
                     "rabbitmq_detailed_queue_messages_ready", "rabbitmq_detailed_queue_messages_unacked"}

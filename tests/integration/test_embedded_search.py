@@ -1,6 +1,5 @@
 """The whole search in one process with the real model, the real vLLM engine and the real sandbox."""
 
-import asyncio
 import json
 
 import pytest
@@ -13,46 +12,16 @@ from rstar_core.ports import GenerationRequest
 from rstar_core.steps import get_format
 from rstar_cli.main import DEMO_PROBLEMS
 from rstar_core.types import Problem, Tree
-from rstar_executor import SandboxExecutor
-from rstar_policy.engine import EngineSettings, VLLMPolicy
 from rstar_models.hardware import preferred_dtype
 from rstar_models.store import model_version
+
+from engine_fixtures import executor, loop, policy  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
 # GSM8K test items the small model has a chance at: short, one or two operations.
 EASY_GSM8K = ("A robe takes 2 bolts of blue fiber and half that much white fiber.",
               "Carla is downloading a 200 GB file.")
-
-
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    # The engine's output handler task lives in this loop: cancel it before closing.
-    pending = asyncio.all_tasks(loop)
-    for task in pending:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def policy(model_dir, loop):
-    async def start():
-        return VLLMPolicy(EngineSettings(model=model_dir, seed=0, max_model_len=2048, cpu_kvcache_gib=2,
-                                         enforce_eager=True))
-
-    engine = loop.run_until_complete(start())
-    yield engine
-    engine.shutdown()
-
-
-@pytest.fixture(scope="module")
-def executor(loop):
-    sandbox = SandboxExecutor()
-    yield sandbox
-    loop.run_until_complete(sandbox.close())
 
 
 def test_engine_samples_n_with_stops_and_logprobs(policy, loop, model_dir):

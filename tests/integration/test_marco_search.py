@@ -5,7 +5,6 @@ ground truth reaches the search (as in `rstar eval`): every value comes from the
 token confidence.
 """
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -16,42 +15,13 @@ from rstar_core.config import load_config
 from rstar_core.mcts import MCTS
 from rstar_core.steps import REFLECTION_PROMPT
 from rstar_core.types import NodeKind, Problem, TerminalReason, Tree
-from rstar_executor import SandboxExecutor
-from rstar_policy.engine import EngineSettings, VLLMPolicy
+
+from engine_fixtures import executor, loop, policy  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
 CONFIGS = Path(__file__).resolve().parents[2] / "deploy" / "configs"
 TINY = dict(rollouts=2, expansion_width=2, parallel_rollouts=2, concurrent_problems=2)
-
-
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    pending = asyncio.all_tasks(loop)
-    for task in pending:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def policy(model_dir, loop):
-    async def start():
-        return VLLMPolicy(EngineSettings(model=model_dir, seed=0, max_model_len=2048, cpu_kvcache_gib=2,
-                                         enforce_eager=True))
-
-    engine = loop.run_until_complete(start())
-    yield engine
-    engine.shutdown()
-
-
-@pytest.fixture(scope="module")
-def executor(loop):
-    sandbox = SandboxExecutor()
-    yield sandbox
-    loop.run_until_complete(sandbox.close())
 
 
 def _search(loop, policy, executor, recipe, **changes):

@@ -253,3 +253,11 @@ def test_pairwise_training_moves_the_head(ppm32):
     assert losses[0] == pytest.approx(math.log(2), abs=0.05)  # near-zero head at init
     assert losses[-1] < losses[0] - 0.01
     assert not torch.equal(initial["weight"], trainee.value_head.weight)
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_reaches_the_backbone(ppm_dir):
+    # transformers' Trainer calls this when a recipe sets gradient_checkpointing (paper.yaml).
+    ppm = ProcessPreferenceModel.from_pretrained(ppm_dir, dtype="float32")
+    ppm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert ppm.backbone.is_gradient_checkpointing

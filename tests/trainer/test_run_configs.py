@@ -26,6 +26,7 @@ def test_each_config_keeps_its_own_defaults_over_the_shared_fields():
     ("warmup_ratio", 1.0, "warmup_ratio must be in"),
     ("weight_decay", -1, "weight_decay must be >= 0"),
     ("threads", 0, "threads must be a positive integer or null"),
+    ("gradient_checkpointing", "yes", "gradient_checkpointing must be true or false"),
 ])
 def test_bad_values_are_named_for_both_runs(cls, key, value, message):
     with pytest.raises(ValueError, match=f"recipe.yaml: sft: {message}"):
@@ -46,6 +47,10 @@ def test_training_arguments_follow_the_config():
     assert args["max_steps"] == 7 and args["per_device_train_batch_size"] == 2
     assert args["gradient_accumulation_steps"] == 3 and args["train_sampling_strategy"] == "random"
     assert args["seed"] == args["data_seed"] == 5 and args["disable_tqdm"] is True
+    # Off unless asked for, also for TRL's SFTConfig, whose own default is on.
+    assert args["gradient_checkpointing"] is False
+    assert training_arguments(SFTConfig(gradient_checkpointing=True), "/tmp/w",
+                              progress_bar=False)["gradient_checkpointing"] is True
     from transformers import TrainingArguments
 
     TrainingArguments(**args, use_cpu=True)  # every keyword is one transformers knows

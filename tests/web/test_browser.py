@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from console_data import QUESTION, SCRIPT_TAG, TOKEN, populate, search
+from console_data import QUESTION, SCRIPT_TAG, TOKEN, populate
 from eval_data import eval_reports, evolve_run, fake_engine, no_models  # noqa: F401 - fixtures
 from rstar_core.mcts import SearchResult
-from rstar_core.types import Node, NodeKind, Problem, TerminalReason, Tree
+from rstar_core.types import NodeKind, Problem, TerminalReason, Tree
 from rstar_store import Store, migrate
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -182,13 +182,14 @@ def test_a_script_step_is_shown_as_text(site, page):
     assert page.evaluate("() => window.pwned") is None
 
 
-def test_a_live_tree_gains_nodes_while_the_search_runs(site, page):
-    """The worker's SnapshotPublisher writes a real search's partial tree; the page grows it by SSE."""
+def _watch_live_search(site, page, problem: Problem, make_mcts, *, within_s: float) -> tuple[list[int], int, dict]:
+    """Open a running task's page, run its search in a worker thread (the worker's own
+    `_run` with its `SnapshotPublisher`), and note every tree size the page shows by SSE.
+    `make_mcts` is an async callable returning (mcts, close) inside the search's loop."""
     from rstar_worker.tasks import SnapshotPublisher, _run
 
-    base, store, ids = site
+    base, store, _ids = site
     store.get_or_create_run("live")
-    problem = Problem(QUESTION, "7", "live-1")
     [task] = store.add_batch("live", 1, 0, [problem], {}).task_ids
     store.claim_task(task, worker="test")
     page.goto(f"{base}/tasks/{task}")
@@ -196,22 +197,21 @@ def test_a_live_tree_gains_nodes_while_the_search_runs(site, page):
     counts: list[int] = []
     outcome: dict = {}
 
+    async def searched():
+        mcts, close = await make_mcts()
+        try:
+            return await _run(mcts, problem, [], SnapshotPublisher(store, task, interval_s=0.3))
+        finally:
+            await close()
+
     def worker():
-        from rstar_core.config import SearchConfig
-        from rstar_core.mcts import MCTS
-
-        from console_data import script
-        from fakes import InlineExecutor, ScriptedPolicy
-
-        mcts = MCTS(ScriptedPolicy(script, delay_s=0.4), InlineExecutor(),
-                    SearchConfig(expansion_width=3, rollouts=8, max_depth=5, parallel_rollouts=1))
-        result = asyncio.run(_run(mcts, problem, [], SnapshotPublisher(store, task, interval_s=0.3)))
+        result = asyncio.run(searched())
         outcome["recorded"] = store.record_result(task, result)
         outcome["nodes"] = len(result.tree.nodes)
 
     thread = threading.Thread(target=worker)
     thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + within_s
     while thread.is_alive() and time.monotonic() < deadline:
         value = page.evaluate("() => Number(document.body.dataset.nodes || 0)")
         if value and (not counts or value != counts[-1]):
@@ -222,6 +222,54 @@ def test_a_live_tree_gains_nodes_while_the_search_runs(site, page):
     final = page.evaluate("() => Number(document.body.dataset.nodes)")
     log.info("live tree sizes seen by the page: %s, final %d", counts, final)
     print(f"live tree sizes seen by the page: {counts}, final {final}")
+    return counts, final, outcome
+
+
+def test_a_live_tree_gains_nodes_while_the_search_runs(site, page):
+    """The worker's SnapshotPublisher writes a real search's partial tree; the page grows it by SSE."""
+    from rstar_core.config import SearchConfig
+    from rstar_core.mcts import MCTS
+
+    from console_data import script
+    from fakes import InlineExecutor, ScriptedPolicy
+
+    async def make_mcts():
+        config = SearchConfig(expansion_width=3, rollouts=8, max_depth=5, parallel_rollouts=1)
+
+        async def close():
+            pass
+
+        return MCTS(ScriptedPolicy(script, delay_s=0.4), InlineExecutor(), config), close
+
+    counts, final, outcome = _watch_live_search(site, page, Problem(QUESTION, "7", "live-1"), make_mcts,
+                                                within_s=60)
+    assert outcome["recorded"] and final == outcome["nodes"]
+    assert len(counts) >= 2 and counts == sorted(counts) and counts[0] < final
+
+
+@pytest.mark.slow
+def test_a_live_tree_grows_during_a_search_of_the_real_model(site, page, model_dir):
+    """The same, with the real small model (vLLM engine) and the real sandbox."""
+    from rstar_core.config import SearchConfig
+    from rstar_core.mcts import MCTS
+    from rstar_executor import SandboxExecutor
+    from rstar_policy.engine import EngineSettings, VLLMPolicy
+
+    async def make_mcts():
+        policy = VLLMPolicy(EngineSettings(model=model_dir, seed=0, max_model_len=2048, cpu_kvcache_gib=1,
+                                           enforce_eager=True))
+        sandbox = SandboxExecutor()
+        config = SearchConfig(expansion_width=2, rollouts=4, max_depth=3, max_tokens_per_step=48,
+                              parallel_rollouts=1)
+
+        async def close():
+            await sandbox.close()
+            policy.shutdown()
+
+        return MCTS(policy, sandbox, config), close
+
+    problem = Problem("A box holds 6 eggs. How many eggs are in 4 boxes?", "24", "live-real")
+    counts, final, outcome = _watch_live_search(site, page, problem, make_mcts, within_s=600)
     assert outcome["recorded"] and final == outcome["nodes"]
     assert len(counts) >= 2 and counts == sorted(counts) and counts[0] < final
 

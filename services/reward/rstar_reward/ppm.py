@@ -173,6 +173,11 @@ class ProcessPreferenceModel(torch.nn.Module):
         # ppm, orm or pqm: what the head was (or will be) trained for.
         self.objective = objective
 
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        """Recompute the backbone's activations in the backward (transformers' `Trainer` calls
+        this when a recipe sets `gradient_checkpointing`); the head is one linear layer."""
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
     # ---- construction -------------------------------------------------------------
 
     @classmethod

@@ -32,11 +32,9 @@ from typing import Any
 
 import torch
 
-from .common import ProgressLog, atomic_output, check_model_dir, precision_args, run_metrics, run_training
-from .datasets import load_training_set
+from .common import ProgressLog, atomic_output, run_metrics, run_training
 from .process_config import ProcessConfig
-from .run_config import training_arguments
-from .sft_trainer import _check_tokenizer, _logged_tokens
+from .sft_trainer import _logged_tokens, prepare_run
 
 __all__ = ["WeightedLoss", "train_process", "weighted_nll_kl"]
 
@@ -90,28 +88,15 @@ def train_process(start_model: str | Path, dataset_dir: str | Path, out_dir: str
                   config: ProcessConfig, *, progress_bar: bool = True) -> dict[str, Any]:
     """Train from `start_model` (the previous round's policy, also the KL reference) on a
     process-supervision set; returns the run's metrics (also in out_dir)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig as TRLConfig
+    from transformers import AutoModelForCausalLM
 
-    start = check_model_dir(start_model, "start model")
-    data, info = load_training_set(dataset_dir, "process")
-    tokenizer = AutoTokenizer.from_pretrained(str(start))
-    _check_tokenizer(info.manifest, tokenizer, start)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(str(start), dtype=torch.float32)
+    run = prepare_run(start_model, "start model", dataset_dir, "process", work_dir, config, progress_bar=progress_bar)
+    start, data, info, tokenizer, model, args, work = (run.model_dir, run.data, run.info, run.tokenizer, run.model,
+                                                       run.args, run.work)
     reference = None
     if config.beta > 0:
         reference = AutoModelForCausalLM.from_pretrained(str(start), dtype=torch.float32)
         reference.requires_grad_(False).eval()
-    args = TRLConfig(
-        **training_arguments(config, work, progress_bar=progress_bar),
-        max_length=config.max_length,
-        completion_only_loss=True,
-        **precision_args(),
-    )
     progress = ProgressLog(work, "process")
     trainer = _weighted_kl_trainer()(model=model, args=args,
                                      train_dataset=data.select_columns(["prompt", "completion", "score"]),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,25 +43,11 @@ def train_sft(base_model: str | Path, dataset_dir: str | Path, out_dir: str | Pa
               config: SFTConfig, *, progress_bar: bool = True) -> dict[str, Any]:
     """Fine-tune `base_model` on the SFT set; returns the run's metrics (also in out_dir)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
-    base = check_model_dir(base_model, "base model")
-    data, info = load_training_set(dataset_dir, "sft")
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    _check_tokenizer(info.manifest, tokenizer, base)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    args = TRLConfig(
-        **training_arguments(config, work, progress_bar=progress_bar),
-        max_length=config.max_length,
-        completion_only_loss=True,
-        **precision_args(),
-    )
+    run = prepare_run(base_model, "base model", dataset_dir, "sft", work_dir, config, progress_bar=progress_bar)
+    base, data, info, tokenizer, model, args, work = (run.model_dir, run.data, run.info, run.tokenizer, run.model,
+                                                      run.args, run.work)
     progress = ProgressLog(work, "sft")
     trainer_cls = SFTTrainer if _fused_head_pays(model) else _native_loss_trainer()
     trainer = trainer_cls(model=model, args=args, train_dataset=data.select_columns(["prompt", "completion"]),
@@ -84,6 +71,42 @@ def train_sft(base_model: str | Path, dataset_dir: str | Path, out_dir: str | Pa
              "dataset": {"path": info.path, **info.manifest}}, indent=2) + "\n")
     log.info("SFT done: %d steps, loss %.4f -> %s", metrics["steps"], metrics["train_loss"], out_dir)
     return metrics
+
+
+@dataclass
+class PreparedRun:
+    """What a TRL prompt/completion run needs before its trainer is built."""
+
+    model_dir: Path
+    data: Any
+    info: Any
+    tokenizer: Any
+    model: Any
+    args: Any
+    work: Path
+
+
+def prepare_run(model_dir: str | Path, what: str, dataset_dir: str | Path, kind: str, work_dir: str | Path,
+                config, *, progress_bar: bool) -> PreparedRun:
+    """Check and load a causal-LM run's inputs (model, tokenizer, `kind` set) in fp32 and build
+    its TRL `SFTConfig` (completion-only loss, the precision of this hardware). Shared by SFT
+    and process supervision."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig as TRLConfig
+
+    path = check_model_dir(model_dir, what)
+    data, info = load_training_set(dataset_dir, kind)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    _check_tokenizer(info.manifest, tokenizer, path)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    args = TRLConfig(**training_arguments(config, work, progress_bar=progress_bar), max_length=config.max_length,
+                     completion_only_loss=True, **precision_args())
+    return PreparedRun(path, data, info, tokenizer, model, args, work)
 
 
 def _fused_head_pays(model) -> bool:
