@@ -24,7 +24,6 @@ version (`jobs`).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .common import ProgressLog, atomic_output, run_metrics, run_training
+from .common import ProgressLog, run_metrics, run_training
 from .process_config import ProcessConfig
 from .sft_trainer import _logged_tokens, prepare_run
 
@@ -118,12 +117,7 @@ def train_process(start_model: str | Path, dataset_dir: str | Path, out_dir: str
     }
     if not trainer.is_world_process_zero():
         return metrics  # under a multi-process launch the main process writes the model
-    with atomic_output(out_dir) as staging:
-        trainer.model.to(torch.bfloat16).save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-        (staging / "rstar_training.json").write_text(json.dumps(
-            {"metrics": metrics, "config": config.to_dict(), "base_model": str(start),
-             "dataset": {"path": info.path, **info.manifest}}, indent=2) + "\n")
+    run.save(trainer, out_dir, metrics, config)
     log.info("process supervision done: %d steps, loss %.4f, weighted NLL %s, KL %s -> %s", metrics["steps"],
              metrics["train_loss"], metrics["weighted_nll"], metrics["kl"], out_dir)
     return metrics

@@ -42,12 +42,10 @@ log = logging.getLogger(__name__)
 def train_sft(base_model: str | Path, dataset_dir: str | Path, out_dir: str | Path, work_dir: str | Path,
               config: SFTConfig, *, progress_bar: bool = True) -> dict[str, Any]:
     """Fine-tune `base_model` on the SFT set; returns the run's metrics (also in out_dir)."""
-    import torch
     from trl import SFTTrainer
 
     run = prepare_run(base_model, "base model", dataset_dir, "sft", work_dir, config, progress_bar=progress_bar)
-    base, data, info, tokenizer, model, args, work = (run.model_dir, run.data, run.info, run.tokenizer, run.model,
-                                                      run.args, run.work)
+    data, info, tokenizer, model, args, work = run.data, run.info, run.tokenizer, run.model, run.args, run.work
     progress = ProgressLog(work, "sft")
     trainer_cls = SFTTrainer if _fused_head_pays(model) else _native_loss_trainer()
     trainer = trainer_cls(model=model, args=args, train_dataset=data.select_columns(["prompt", "completion"]),
@@ -63,12 +61,7 @@ def train_sft(base_model: str | Path, dataset_dir: str | Path, out_dir: str | Pa
     metrics["tokens_per_s"] = round(sum(rates) / len(rates), 1) if rates else None
     if not trainer.is_world_process_zero():
         return metrics  # under a multi-process launch the main process writes the model
-    with atomic_output(out_dir) as staging:
-        trainer.model.to(torch.bfloat16).save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-        (staging / "rstar_training.json").write_text(json.dumps(
-            {"metrics": metrics, "config": config.to_dict(), "base_model": str(base),
-             "dataset": {"path": info.path, **info.manifest}}, indent=2) + "\n")
+    run.save(trainer, out_dir, metrics, config)
     log.info("SFT done: %d steps, loss %.4f -> %s", metrics["steps"], metrics["train_loss"], out_dir)
     return metrics
 
@@ -84,6 +77,18 @@ class PreparedRun:
     model: Any
     args: Any
     work: Path
+
+    def save(self, trainer, out_dir: str | Path, metrics: dict[str, Any], config) -> None:
+        """The trained model (bf16 safetensors), its tokenizer and `rstar_training.json`,
+        written atomically to `out_dir`."""
+        import torch
+
+        with atomic_output(out_dir) as staging:
+            trainer.model.to(torch.bfloat16).save_pretrained(str(staging), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(staging))
+            (staging / "rstar_training.json").write_text(json.dumps(
+                {"metrics": metrics, "config": config.to_dict(), "base_model": str(self.model_dir),
+                 "dataset": {"path": self.info.path, **self.info.manifest}}, indent=2) + "\n")
 
 
 def prepare_run(model_dir: str | Path, what: str, dataset_dir: str | Path, kind: str, work_dir: str | Path,
