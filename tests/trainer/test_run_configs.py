@@ -65,3 +65,20 @@ def test_the_shipped_accelerate_configs_parse(name):
     expected = {"single_gpu": "NO", "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}[name]
     assert config.distributed_type.value == expected
     assert config.mixed_precision == "bf16"
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [("float32", (False, False)), ("bfloat16", (True, False)),
+                                                 ("float16", (False, True))])
+def test_precision_is_always_explicit_so_trl_cannot_turn_on_emulated_bf16(monkeypatch, dtype, expected):
+    # TRL's SFT, DPO and GRPO configs default to bf16; on an AVX2-only CPU that emulates every
+    # matrix product (an SFT step of minutes). Both switches are therefore always given.
+    from trl import SFTConfig as TRLSFTConfig
+
+    from rstar_trainer.common import precision_args
+
+    monkeypatch.setattr("rstar_models.hardware.preferred_dtype", lambda: dtype)
+    args = precision_args()
+    assert (args["bf16"], args["fp16"]) == expected
+    if dtype == "float32":
+        assert TRLSFTConfig(output_dir="/tmp/x", use_cpu=True).bf16  # what TRL would do on its own
+        assert not TRLSFTConfig(output_dir="/tmp/x", **args).bf16

@@ -19,7 +19,12 @@ A recipe with `method: process-supervision` runs MCTS process supervision's roun
 that policy on the scored steps, and evaluates and decides as above.
 MCTS++ switches of the recipe (`evolve_mctspp`): with `grpo.enabled`, `grpo_data` and
 `train_grpo` (GRPO from the round's SFT policy, whose result is the round's candidate) run
-after the PPM and before `evaluate`; `sft_filter_min_ppm` filters the `data` step's SFT set.
+after the PPM and before `evaluate`; with `step_dpo.enabled`, `step_dpo_data` and `train_dpo`
+(step-DPO on the round's PPM pairs, from the SFT policy) run before them; `sft_filter_min_ppm`
+filters the `data` step's SFT set.
+With `reward_baselines` (`evolve_baselines`), `baselines_data`, `train_orm` / `train_pqm` and
+`promote_baselines` follow `decide` in every search round: the ORM and PQM of the reward-model
+ablation, from the round's trees.
 
 Searches run in this process by default; `--distributed` enqueues them on the `search`
 queue and the training on the `train` queue and waits for the store to say they are done
@@ -121,13 +126,21 @@ class Evolver:
         if data.get("ppm"):
             ppm = self._train(round, "train_ppm", policy["path"], data["ppm"]["path"], self.recipe.ppm,
                               parent=self._promoted_version("ppm"))
+        if self.recipe.step_dpo_enabled:  # MCTS++: step-DPO from the SFT policy on the round's pairs
+            from .evolve_mctspp import step_dpo_stage
+
+            policy = step_dpo_stage(self, round, policy, data)
         if self.recipe.grpo_enabled:  # MCTS++: GRPO from the SFT policy is the round's candidate
             from .evolve_mctspp import grpo_stage
 
             policy = grpo_stage(self, round, policy, ppm)
         evaluation = self._step(round, "evaluate", lambda: self._evaluate(
             policy["path"], "sft", ppm["path"] if ppm else self._promoted_path("ppm")))
-        self._step(round, "decide", lambda: self._decide(round, policy, ppm, evaluation))
+        decision = self._step(round, "decide", lambda: self._decide(round, policy, ppm, evaluation))
+        if self.recipe.reward_baselines and round >= 1:
+            from .evolve_baselines import reward_baselines
+
+            reward_baselines(self, round, policy, decision)
 
     # ------------------------------------------------------------------ steps
 
@@ -286,7 +299,8 @@ class Evolver:
             return done.result
         self.echo(f"round {round}: {step} ...")
         if not self.s.distributed:
-            return run_train_job(job, self.store, self.registry)
+            # In a process of its own: this one ran the vLLM engine (one torch thread, its memory).
+            return run_train_job(job, self.store, self.registry, isolated=True)
         from rstar_worker.app import TRAIN_QUEUE, app
 
         app.send_task("rstar.train", args=[job.to_json()], queue=TRAIN_QUEUE)

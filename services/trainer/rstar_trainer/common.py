@@ -46,12 +46,10 @@ def precision_args() -> dict[str, Any]:
     from rstar_models.hardware import preferred_dtype
 
     dtype = preferred_dtype()
-    args: dict[str, Any] = {"use_cpu": not torch.cuda.is_available()}
-    if dtype == "bfloat16":
-        args["bf16"] = True
-    elif dtype == "float16":
-        args["fp16"] = True
-    return args
+    # Both switches always explicit: TRL's configs (SFT, DPO, GRPO) turn bf16 on by default, which
+    # on a CPU without bf16 arithmetic (AVX2 only) emulates every matrix product: measured on a
+    # 2-core EPYC, 0.3 GFLOPS in bf16 against 133 in float32, an SFT step of minutes, not seconds.
+    return {"use_cpu": not torch.cuda.is_available(), "bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
 
 
 def check_model_dir(path: str | Path, what: str) -> Path:

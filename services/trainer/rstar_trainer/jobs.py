@@ -2,9 +2,9 @@
 
 A `TrainJob` names the run, round and step (`train_sft`, `train_ppm`, the ablation's
 baselines `train_orm` and `train_pqm`, or `train_process`: MCTS process supervision's
-weighted-NLL + KL round, from the previous round's policy; `train_grpo`: MCTS++'s GRPO stage,
-from the round's SFT policy, registered as a second `policy` version of the round with the
-SFT version as its parent), the model it starts from, the dataset and the settings. `run_train_job`:
+weighted-NLL + KL round, from the previous round's policy; `train_grpo` / `train_dpo`: MCTS++'s
+GRPO stage and step-DPO pass, from the round's SFT policy, each registered as a further
+`policy` version of the round with the version it started from as its parent), the model it starts from, the dataset and the settings. `run_train_job`:
 
 1. returns the recorded result when the step is already done (a redelivered message, or a
    driver that was killed after the training finished, never trains twice);
@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 
 # Step -> the kind of model it registers.
 STEPS = {"train_sft": "policy", "train_ppm": "ppm", "train_orm": "orm", "train_pqm": "pqm",
-         "train_process": "policy", "train_grpo": "policy"}
+         "train_process": "policy", "train_grpo": "policy", "train_dpo": "policy"}
 # Step -> the kind of dataset it reads, where that is not the kind of model it registers.
-_DATASETS = {"train_sft": "sft", "train_process": "process", "train_grpo": "grpo"}
+_DATASETS = {"train_sft": "sft", "train_process": "process", "train_grpo": "grpo", "train_dpo": "dpo"}
+# Steps that register a further policy of a round: the suffix of its version's name.
+_STAGE_NAMES = {"train_grpo": "grpo", "train_dpo": "dpo"}
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,15 @@ class TrainJob:
 
 
 def run_train_job(job: TrainJob, store, registry, *, progress_bar: bool = True,
-                  trained_by: str | None = None) -> dict[str, Any]:
+                  trained_by: str | None = None, isolated: bool = False) -> dict[str, Any]:
     """Train, register and record the job's step; a step already done returns its result.
 
     `trained_by` names the process that trains (a trainer worker's node name; default
-    host:pid), kept with the version's metrics and the step's result.
+    host:pid), kept with the version's metrics and the step's result. `isolated` trains in
+    a fresh Python process (`train_once`) rather than in this one: what the in-process
+    `rstar evolve` driver asks for, since its process also ran the vLLM engine of the
+    searches and evaluations, which leaves torch at one intra-op thread (vLLM sizes it for
+    serving) and gigabytes of memory behind.
     """
     done = store.get_evolve_step(job.run, job.round, job.step)
     if done is not None and done.state == "done":
@@ -82,7 +88,7 @@ def run_train_job(job: TrainJob, store, registry, *, progress_bar: bool = True,
     store.start_evolve_step(job.run, job.round, job.step)
     trained_by = trained_by or f"{socket.gethostname()}:{os.getpid()}"
     try:
-        result = _train_and_register(job, registry, progress_bar, trained_by)
+        result = _train_and_register(job, registry, progress_bar, trained_by, isolated)
     except BaseException as exc:
         store.fail_evolve_step(job.run, job.round, job.step, f"{type(exc).__name__}: {exc}")
         raise
@@ -110,6 +116,12 @@ def train_model(job: TrainJob, *, progress_bar: bool = True) -> Path:
 
         config = grpo_config(job.config, source=f"{job.step} config")
         train_grpo(job.start_model, job.dataset, out, work / "checkpoints", config, progress_bar=progress_bar)
+    elif job.step == "train_dpo":
+        from .dpo_config import step_dpo_config
+        from .dpo_trainer import train_step_dpo
+
+        config = step_dpo_config(job.config, source=f"{job.step} config")
+        train_step_dpo(job.start_model, job.dataset, out, work / "checkpoints", config, progress_bar=progress_bar)
     elif job.step == "train_process":
         from .process_config import ProcessConfig
         from .process_trainer import train_process
@@ -125,8 +137,8 @@ def train_model(job: TrainJob, *, progress_bar: bool = True) -> Path:
     return out
 
 
-def _launch(job: TrainJob, accelerate_config: str) -> Path:
-    """Run `train_once` under `accelerate launch` and wait for it."""
+def _launch(job: TrainJob, accelerate_config: str | None) -> Path:
+    """Run `train_once` in a child process (under `accelerate launch` when a config is given) and wait."""
     import subprocess
     import sys
 
@@ -134,14 +146,22 @@ def _launch(job: TrainJob, accelerate_config: str) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     job_file = work / "job.json"
     job_file.write_text(json.dumps(job.to_json(), indent=2))
-    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
-            "-m", "rstar_trainer.train_once", str(job_file)]
+    if accelerate_config:
+        argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+                "-m", "rstar_trainer.train_once", str(job_file)]
+    else:
+        argv = [sys.executable, "-m", "rstar_trainer.train_once", str(job_file)]
     log.info("launching %s", " ".join(argv))
-    subprocess.run(argv, check=True)
+    code = subprocess.run(argv).returncode
+    if code != 0:
+        raise RuntimeError(f"{job.step} of run {job.run} round {job.round} failed in its training process "
+                           f"(exit code {code}; its error is printed above); running the same command again "
+                           "resumes from the last checkpoint")
     return work / "model"
 
 
-def _train_and_register(job: TrainJob, registry, progress_bar: bool, trained_by: str) -> dict[str, Any]:
+def _train_and_register(job: TrainJob, registry, progress_bar: bool, trained_by: str,
+                        isolated: bool = False) -> dict[str, Any]:
     from .datasets import load_training_set
 
     kind = STEPS[job.step]
@@ -157,24 +177,30 @@ def _train_and_register(job: TrainJob, registry, progress_bar: bool, trained_by:
                 "trained_by": version.metrics.get("trained_by")}
     _, info = load_training_set(job.dataset, _DATASETS.get(job.step, kind))
     accelerate_config = os.environ.get("RSTAR_ACCELERATE_CONFIG")
-    out = _launch(job, accelerate_config) if accelerate_config else train_model(job, progress_bar=progress_bar)
+    if accelerate_config:
+        out = _launch(job, accelerate_config)
+    elif isolated:
+        out = _launch(job, None)
+    else:
+        out = train_model(job, progress_bar=progress_bar)
     record = json.loads((out / "rstar_training.json").read_text())
     version = registry.register(
         out, kind=kind, round=job.round, run=job.run, parent=job.parent, base=job.base,
         datasets={Path(job.dataset).name: {"path": info.path, "content_hash": info.content_hash,
                                            "counts": info.manifest.get("counts", {})}},
         train_config=record["config"], metrics={**record["metrics"], "trained_by": trained_by, "step": job.step},
-        name_hint=_grpo_name(job) if job.step == "train_grpo" else None)
+        name_hint=_stage_name(job) if job.step in _STAGE_NAMES else None)
     _remove_checkpoints(work / "checkpoints")
     return {"version": version.version, "path": version.path, "metrics": record["metrics"], "trained_by": trained_by}
 
 
-def _grpo_name(job: TrainJob) -> str:
-    """`<run>-r<round>-policy-grpo`: the round's GRPO policy, told apart from its SFT policy by name."""
+def _stage_name(job: TrainJob) -> str:
+    """`<run>-r<round>-policy-grpo` (or `-dpo`): a round's further policy, told apart from its SFT
+    policy by name."""
     import re
 
     safe_run = re.sub(r"[^A-Za-z0-9._-]+", "-", job.run).lstrip(".-") or "run"
-    return f"{safe_run}-r{job.round}-policy-grpo"
+    return f"{safe_run}-r{job.round}-policy-{_STAGE_NAMES[job.step]}"
 
 
 def _remove_checkpoints(path: Path) -> None:
