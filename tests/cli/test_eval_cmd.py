@@ -228,10 +228,10 @@ def test_eval_writes_rows_and_reports_and_resumes(fake_engine, capsys):
     assert code == 0 and "resuming: 3 of 3 items already" in err[0]
     assert len(env["started"]) == 1 and len(_rows(env)) == 6
 
-    # A larger N adds only its own rows (four fresh samples per item).
+    # A larger N adds only its own rows, from the three samples drawn before and one more.
     code, _, _ = _eval(capsys, env, "--method", "maj", "--n", "1,3,4")
     assert code == 0 and len(_rows(env)) == 9
-    assert len(env["started"][-1][2].requests) == 3 * 4 * 2
+    assert len(env["started"][-1][2].requests) == 3 * 1 * 2
 
     # Another method into the same folder: compared with the first on the same items.
     code, out, _ = _eval(capsys, env, "--method", "greedy")

@@ -86,6 +86,35 @@ def test_the_three_best_of_n_share_one_report(engine, capsys):
     assert "fake-orm@1" in (engine["out"] / "report.md").read_text()
 
 
+def test_maj_and_the_three_best_of_n_select_from_the_same_samples(engine, capsys, monkeypatch):
+    policies = []
+    real = __import__("rstar_cli.embedded", fromlist=["x"]).embedded_runtime
+
+    @asynccontextmanager
+    async def counting(config, settings):
+        async with real(config, settings) as runtime:
+            policies.append(runtime.policy)
+            yield runtime
+
+    monkeypatch.setattr("rstar_cli.embedded.embedded_runtime", counting)
+    code, _, err = _run(capsys, *engine["argv"], "--method", "maj", "--n", "3")
+    assert code == 0, err
+    drawn = [json.loads(line) for line in (engine["out"] / "samples.jsonl").read_text().splitlines()]
+    assert [(d["k"], d["answer"]) for d in drawn] == [(0, "7"), (1, "8"), (2, "9")]
+    assert drawn[0]["steps"] == ["# Add the two numbers.\nprint(3 + 4)\nOutput: 7", "The answer is \\boxed{7}."]
+    for kind in PREFERS:
+        code, _, err = _run(capsys, *engine["argv"], "--method", f"bon-{kind}", "--n", "1,3",
+                            f"--{kind}", engine["dirs"][kind])
+        assert code == 0, err
+        assert policies[-1].requests == []  # nothing drawn again: the reward model scored the samples
+    rows = {(r["method"], r["N"]): r for r in _rows(engine)}
+    for kind, answer in PREFERS.items():
+        assert rows[(f"bon-{kind}", 3)]["prediction"] == answer and rows[(f"bon-{kind}", 3)]["score"] == 0.9
+        assert rows[(f"bon-{kind}", 3)]["tokens"] == rows[("maj", 3)]["tokens"] > 0
+        assert rows[(f"bon-{kind}", 1)]["prediction"] == "7"
+    assert len((engine["out"] / "samples.jsonl").read_text().splitlines()) == 3
+
+
 @pytest.mark.parametrize("method", ["mcts", "mcts-vote"])
 def test_mcts_searches_with_the_scorer_it_is_given(engine, capsys, method):
     code, _, err = _run(capsys, *engine["argv"], "--method", method, "--n", "2", "--scorer", "orm",

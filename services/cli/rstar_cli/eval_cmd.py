@@ -12,7 +12,10 @@
   ``--n`` is the number of samples (maj, bon-*) or rollouts (mcts, mcts-vote); a list
   reports each N.
   Samples are drawn once at the largest N and the smaller N use the first of them; the
-  tree methods run one search per N.
+  tree methods run one search per N. In-process, the samples are kept in
+  ``<out>/samples.jsonl`` (answer, steps, tokens; by item, policy and budgets) and shared:
+  maj and the three bon-* run into one ``--out`` select from the same samples (a paired
+  comparison at equal generated tokens) and only the first run draws them.
 * Budgets: the recipe ``--config`` (default ``eval``, `deploy/configs/eval.yaml`) with
   ``--set`` overrides; each method then fixes what defines it (width 1 and one rollout for
   the sampling methods, temperature 0 for greedy, N rollouts and PPM terminal values for
@@ -104,6 +107,8 @@ DEFAULT_CONFIG = "eval"
 _REGISTRY_MANIFEST = "rstar_model.json"
 _PPM_MANIFEST = "rstar_ppm.json"
 _PPM_HEAD = "value_head.safetensors"
+# The samples of maj and bon-* in an output folder, shared between them (`_SampleCache`).
+SAMPLES_FILE = "samples.jsonl"
 
 
 @dataclass
@@ -496,18 +501,29 @@ async def _run(plan: _Plan, policy_dir: Path, versions: dict[str, Any], todo: li
             versions = loaded
         searchers = {key: runtime.mcts(config) for key, config in plan.configs.items()}
         jobs = _jobs(plan, states, searchers)
-        with _Progress(plan, len(todo), rows_path) as progress:
+        with _Progress(plan, len(todo), rows_path) as progress, \
+                _SampleCache(plan.out / SAMPLES_FILE, versions["policy"], plan.config_id) as samples:
 
             async def finish(state: _ItemState) -> None:
                 rows = None if state.failed else await asyncio.to_thread(_rows, plan, state, versions)
                 progress.item_done(state, rows)
 
+            async def one(state: _ItemState, key: Any, mcts, seed_offset: int) -> Any:
+                hidden = Problem(state.item.question, None, state.item.id)
+                if plan.method not in SAMPLE_METHODS:
+                    return await mcts.search(hidden, seed_offset=seed_offset)
+                drawn = samples.get(state.item.id, key)
+                if drawn is None:
+                    result = await mcts.search(hidden, seed_offset=seed_offset)
+                    samples.put(state.item.id, key, result.tree, result.wall_s)
+                    return result
+                return await drawn.scored(state.item.question, runtime.reward if plan.scorer else None)
+
             async def worker() -> None:
                 for state, key, mcts, seed_offset in jobs:
                     if not state.failed:
-                        hidden = Problem(state.item.question, None, state.item.id)
                         try:
-                            state.results[key] = await mcts.search(hidden, seed_offset=seed_offset)
+                            state.results[key] = await one(state, key, mcts, seed_offset)
                         except Exception as exc:  # noqa: BLE001 - one item's failure must not end the run
                             log.exception("search of item %s failed", state.item.id)
                             state.failed = f"{type(exc).__name__}: {exc}"
@@ -517,6 +533,73 @@ async def _run(plan: _Plan, policy_dir: Path, versions: dict[str, Any], todo: li
 
             await asyncio.gather(*(worker() for _ in range(max(1, first.concurrent_problems))))
     return progress.failed, versions
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """A sample drawn before (`_SampleCache`): its answer, the steps a reward model scores, its cost."""
+
+    answer: str | None
+    steps: tuple[str, ...] | None
+    tokens: int
+    seconds: float
+
+    async def scored(self, question: str, reward) -> Any:
+        """The sample as the method sees it: scored by `reward` (None: unscored, maj)."""
+        from rstar_core.evaluation import Sample
+        from rstar_core.ports import ScoringItem
+
+        score = None
+        if reward is not None and self.answer is not None and self.steps:
+            score = (await reward.score([ScoringItem(question, self.steps)]))[0]
+        return Sample(answer=self.answer, score=score, tokens=self.tokens, seconds=self.seconds)
+
+
+class _SampleCache:
+    """The samples of maj and bon-* in one output folder, drawn once and shared by the methods.
+
+    A sample is a width-1, one-rollout search whose generation does not depend on the
+    method (only on the policy, the budgets and its seed offset), so `<out>/samples.jsonl`
+    keeps each drawn sample's answer, solution steps and cost under (item, k, policy
+    version, config id): maj, bon-ppm, bon-pqm and bon-orm run into the same ``--out`` then
+    compare their selectors on the very same samples at the very same generated tokens, and
+    only the first of them pays for the drawing (the others score the samples with their
+    reward model). One line per sample, flushed: a crash loses only samples in flight.
+    """
+
+    def __init__(self, path: Path, policy: str, config: str) -> None:
+        from .eval_report import read_jsonl
+
+        self.key = {"policy": policy, "config_id": config}
+        self.drawn: dict[tuple[str, int], _Drawn] = {}
+        for row in read_jsonl(path):
+            if all(row.get(k) == v for k, v in self.key.items()):
+                steps = row.get("steps")
+                self.drawn[(row["id"], row["k"])] = _Drawn(row.get("answer"), None if steps is None else tuple(steps),
+                                                           int(row["tokens"]), float(row["seconds"]))
+        self.out = path.open("a", encoding="utf-8")
+
+    def __enter__(self) -> "_SampleCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.close()
+
+    def get(self, item_id: str, k: int) -> _Drawn | None:
+        return self.drawn.get((item_id, k))
+
+    def put(self, item_id: str, k: int, tree, wall_s: float) -> None:
+        from rstar_core.evaluation import best_trajectory
+
+        node = best_trajectory(tree)
+        drawn = _Drawn(node.answer if node else None, tree.scoring_steps(node) if node else None,
+                       tree.stats.generated_tokens, round(wall_s, 3))
+        self.drawn[(item_id, k)] = drawn
+        row = {"id": item_id, "k": k, **self.key, "answer": drawn.answer,
+               "steps": None if drawn.steps is None else list(drawn.steps), "tokens": drawn.tokens,
+               "seconds": drawn.seconds}
+        self.out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.out.flush()
 
 
 class _Progress:
@@ -575,13 +658,14 @@ def _jobs(plan: _Plan, states: list[_ItemState], searchers: dict[Any, Any]) -> I
 
 def _rows(plan: _Plan, state: _ItemState, versions: dict[str, Any]) -> list[dict[str, Any]]:
     """Pick, grade and describe one finished item, one row per missing N (runs in a thread)."""
-    from rstar_core.evaluation import pick_from_samples, pick_from_tree, sample_from_tree
+    from rstar_core.evaluation import Sample, pick_from_samples, pick_from_tree, sample_from_tree
     from rstar_core.grading import answers_match
     from rstar_core.practice import practice_level
 
     item = state.item
     if plan.method in SAMPLE_METHODS:
-        samples = [sample_from_tree(state.results[k].tree, state.results[k].wall_s) for k in range(max(state.ns))]
+        results = [state.results[k] for k in range(max(state.ns))]
+        samples = [r if isinstance(r, Sample) else sample_from_tree(r.tree, r.wall_s) for r in results]
         picks = {n: pick_from_samples(plan.method, samples, n) for n in state.ns}
     else:
         picks = {n: pick_from_tree(plan.method, state.results[n].tree, state.results[n].wall_s) for n in state.ns}

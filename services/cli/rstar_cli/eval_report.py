@@ -288,35 +288,40 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
 
 
 def write_plot(summary: Mapping[str, Any], path: Path) -> None:
-    """Accuracy against generated tokens per item (log x), one line per series, points labelled N."""
+    """Accuracy against generated tokens per item (log x), one panel per benchmark, one line per
+    series, points labelled N."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[Mapping[str, Any]]] = {}
+    panels: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
     for g in summary["groups"]:
         if g["graded"]:
-            series.setdefault(g["series"], []).append(g)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for name, groups in series.items():
-        groups = sorted(groups, key=lambda g: g["N"])
-        xs = [max(g["tokens_per_item"], 1.0) for g in groups]
-        ys = [100 * g["accuracy"] for g in groups]
-        err = [[100 * (g["accuracy"] - g["ci_low"]) for g in groups],
-               [100 * (g["ci_high"] - g["accuracy"]) for g in groups]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
-        for x, y, g in zip(xs, ys, groups):
-            ax.annotate(f"N={g['N']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("generated tokens per item (log scale)")
-    ax.set_ylabel("accuracy, % (95 % CI)")
-    ax.set_ylim(-2, 102)
-    benchmarks = sorted({g["benchmark"] for g in summary["groups"]})
-    ax.set_title(f"rstar eval: {', '.join(benchmarks) or 'no graded items'}")
-    ax.grid(True, which="both", alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
+            panels.setdefault(g["benchmark"], {}).setdefault(g["series"], []).append(g)
+    names = sorted(panels) or ["no graded items"]
+    fig, axes = plt.subplots(1, len(names), figsize=(7.5 * len(names), 5), squeeze=False)
+    for ax, benchmark in zip(axes[0], names):
+        series = panels.get(benchmark, {})
+        prefix = f"{benchmark}: "
+        for name, groups in series.items():
+            groups = sorted(groups, key=lambda g: g["N"])
+            xs = [max(g["tokens_per_item"], 1.0) for g in groups]
+            ys = [100 * g["accuracy"] for g in groups]
+            err = [[100 * (g["accuracy"] - g["ci_low"]) for g in groups],
+                   [100 * (g["ci_high"] - g["accuracy"]) for g in groups]]
+            label = name[len(prefix):] if name.startswith(prefix) else name
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+            for x, y, g in zip(xs, ys, groups):
+                ax.annotate(f"N={g['N']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("generated tokens per item (log scale)")
+        ax.set_ylabel("accuracy, % (95 % CI)")
+        ax.set_ylim(bottom=-1)
+        ax.set_title(f"rstar eval: {benchmark}")
+        ax.grid(True, which="both", alpha=0.3)
+        if series:
+            ax.legend(fontsize=8)
     runs = summary.get("runs") or []
     caption = f"{runs[-1]['command']}\n{runs[-1]['date']}, {runs[-1]['machine']}" if runs else None
     save_figure(fig, path, caption)

@@ -170,6 +170,14 @@ class Tree:
             node = self.nodes[node.parent]
         return out[::-1]
 
+    def scoring_steps(self, node: Node) -> tuple[str, ...]:
+        """The path down to `node` as a reward model scores it: the complete steps, then the
+        unfinished step's mini-steps so far as one more step (`steps.split_pending`)."""
+        from .steps import split_pending
+
+        steps, pending = split_pending([(n.text, n.kind is NodeKind.PARTIAL) for n in self.path(node)])
+        return tuple(steps + [pending] if pending else steps)
+
     def terminals(self) -> list[Node]:
         return [n for n in self.nodes if n.is_terminal]
 

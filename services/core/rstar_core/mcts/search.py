@@ -487,10 +487,7 @@ class MCTS:
 
     async def _score(self, tree: Tree, nodes: Sequence[Node]) -> list[float]:
         assert self.reward is not None
-        items = []
-        for node in nodes:
-            steps, pending = _steps_of(tree.path(node))
-            items.append(ScoringItem(tree.problem.question, tuple(steps + [pending] if pending else steps)))
+        items = [ScoringItem(tree.problem.question, tree.scoring_steps(node)) for node in nodes]
         tree.stats.reward_calls += 1
         return list(await self.reward.score(items))
 
