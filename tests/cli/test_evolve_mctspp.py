@@ -31,6 +31,7 @@ def test_the_shipped_mctspp_recipe_loads():
     assert recipe.method == "rstar" and recipe.grpo_enabled
     assert recipe.grpo["group_size"] == 2 and recipe.grpo["curriculum"]["hard_share_step"] > 0
     assert recipe.sft_filter_min_ppm == -0.5
+    assert recipe.step_dpo_enabled and recipe.step_dpo["max_steps"] == 4 and recipe.step_dpo["loss_type"] == "sigmoid"
 
 
 def test_the_switches_are_read_and_default_to_off(tmp_path):
@@ -38,10 +39,14 @@ def test_the_switches_are_read_and_default_to_off(tmp_path):
     assert recipe.grpo_enabled and recipe.grpo["steps"] == 3 and recipe.sft_filter_min_ppm == 0.1
     plain = load_recipe(_write(tmp_path, "search: {1: {rollouts: 2}}\n"))
     assert not plain.grpo_enabled and plain.grpo == {} and plain.sft_filter_min_ppm is None
+    assert not recipe.step_dpo_enabled and not plain.step_dpo_enabled and plain.step_dpo == {}
+    on = load_recipe(_write(tmp_path, GOOD.replace("step_dpo: false", "step_dpo: true")))
+    assert on.step_dpo_enabled and on.step_dpo["beta"] == 0.1
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (("step_dpo: false", "step_dpo: true"), "step_dpo is not implemented"),
+    (("step_dpo: false", "step_dpo: {betta: 1}"), r"step_dpo: unknown key\(s\) betta"),
+    (("step_dpo: false", "step_dpo: {enabled: true, beta: -1}"), "step_dpo: beta must be a positive number"),
     (("steps: 3", "stepz: 3"), r"grpo: unknown key\(s\) stepz"),
     (("group_size: 2", "group_size: 1"), "grpo: group_size must be >= 2"),
     (("hard_share_start: 0.3", "hard_share_start: 1.5"), "grpo: .*hard_share_start"),
@@ -108,3 +113,27 @@ def test_without_a_ppm_the_grpo_stage_drops_the_ppm_reward_and_says_so(evolver, 
     settings = calls[0][4]
     assert settings["ppm_reward_weight"] == 0.0 and "ppm_model" not in settings
     assert any("without the PPM reward" in m for m in evolver.messages)
+
+
+def test_the_step_dpo_pass_trains_from_the_sft_policy_on_the_rounds_pairs(evolver, monkeypatch, tmp_path):
+    from rstar_cli.evolve_mctspp import step_dpo_stage
+    from rstar_core.curation import PPMExample
+    from rstar_trainer.datasets import load_training_set, write_ppm_dataset
+
+    pair = PPMExample("p1", "What is 1 + 1?", (), ("print(1 + 1)\nOutput: 2",), ("print(1 - 1)\nOutput: 0",),
+                      0.5, -0.5, False, 1)
+    ppm = write_ppm_dataset([pair], set(), tmp_path / "ppm", round=1, sources={})
+    object.__setattr__(evolver.recipe, "step_dpo", {"enabled": True, "max_steps": 2})
+    calls = []
+    monkeypatch.setattr(evolver, "_train", lambda *args, **kwargs: calls.append((args, kwargs)) or {"version": "v-d"})
+    sft = {"path": "/sft", "version": "v-sft"}
+    assert step_dpo_stage(evolver, 1, sft, {"ppm": {"path": ppm.path}}) == {"version": "v-d"}
+    (round, step, start, dataset, settings), kwargs = calls[0]
+    assert (round, step, start, settings, kwargs) == (1, "train_dpo", "/sft", {"enabled": True, "max_steps": 2},
+                                                      {"parent": "v-sft"})
+    data, _ = load_training_set(dataset, "dpo")
+    assert data[0]["chosen"] == "print(1 + 1)\nOutput: 2\n"
+    assert evolver.store.get_evolve_step("mctspp-test", 1, "step_dpo_data").result["pairs"] == 1
+    # A round without pairs keeps its SFT policy and says so.
+    assert step_dpo_stage(evolver, 2, sft, {"ppm": None}) is sft
+    assert any("step-DPO skipped" in m for m in evolver.messages)

@@ -1,4 +1,5 @@
-"""`rstar evolve`'s MCTS++ switches (issue #16 part C): a GRPO stage after SFT, and the SFT PPM filter.
+"""`rstar evolve`'s MCTS++ switches (issue #16 part C): a GRPO stage and a step-DPO pass after SFT, and
+the SFT PPM filter.
 
 With `grpo.enabled` a round (round 0 included) runs two more steps between its training and its
 evaluation, recorded and resumable like every step (`evolve`):
@@ -16,6 +17,16 @@ evaluation, recorded and resumable like every step (`evolve`):
 
 The GRPO policy is then the round's candidate: it is evaluated and promoted or rejected; the
 SFT version stays a candidate, kept as its parent.
+
+With `step_dpo.enabled` a round that has PPM pairs runs two steps after its PPM and before
+GRPO (so GRPO, when on, starts from the DPO policy):
+
+* `step_dpo_data`: the round's PPM set as policy continuations (`write_step_dpo_dataset`):
+  after the same question and shared steps, the continuation that led to a correct answer is
+  chosen, the one that led to a wrong answer rejected;
+* `train_dpo`: DPO from the round's SFT policy, which is also the reference
+  (`rstar_trainer.dpo_trainer`), registered as a further `policy` version of the round whose
+  parent is the version it started from. A round without pairs skips the pass and says so.
 
 `sft_filter_min_ppm`: when a PPM is promoted, the round's SFT set (the union of every round's
 picks) is scored with it, step prefix by step prefix as the search scores nodes, and the
@@ -39,7 +50,26 @@ from .problems import problem_from_record
 if TYPE_CHECKING:
     from .evolve import Evolver
 
-__all__ = ["filter_sft_by_ppm", "grpo_stage"]
+__all__ = ["filter_sft_by_ppm", "grpo_stage", "step_dpo_stage"]
+
+
+def step_dpo_stage(evolver: "Evolver", round: int, sft_policy: dict[str, Any],
+                   data: dict[str, Any]) -> dict[str, Any]:
+    """Run the round's step-DPO steps; the DPO policy's train result, or `sft_policy` without pairs."""
+    from rstar_trainer.datasets import write_step_dpo_dataset
+
+    if not data.get("ppm"):
+        evolver.echo(f"round {round}: no step pairs this round: step-DPO skipped, the SFT policy stays the candidate")
+        return sft_policy
+
+    def dpo_data() -> dict[str, Any]:
+        info = write_step_dpo_dataset(data["ppm"]["path"], evolver._dir(round) / "dpo_data", round=round,
+                                      sources={"run": evolver.s.run, "rounds": list(range(1, round + 1))})
+        return {"path": info.path, "content_hash": info.content_hash, **info.manifest["counts"]}
+
+    dpo = evolver._step(round, "step_dpo_data", dpo_data)
+    return evolver._train(round, "train_dpo", sft_policy["path"], dpo["path"], dict(evolver.recipe.step_dpo),
+                          parent=sft_policy["version"])
 
 
 def grpo_stage(evolver: "Evolver", round: int, sft_policy: dict[str, Any],

@@ -25,8 +25,10 @@ loaded, before any model is touched, and unknown keys are rejected:
   policy on the round's problems, ordered easy to hard with a hard share that grows per round
   (`curriculum: {hard_share_start, hard_share_step}`); its policy is the round's candidate.
   `sft_filter_min_ppm` (a number in [-1, 1], or null): from the round with a promoted PPM on,
-  drop the SFT trajectories whose mean PPM step score is below it. `step_dpo`: a step-DPO
-  pass on correct vs wrong trajectories; not implemented, so `true` is refused.
+  drop the SFT trajectories whose mean PPM step score is below it. `step_dpo`
+  (`rstar_trainer.dpo_config`; true for the defaults, false or left out for off): a step-DPO
+  pass from the SFT policy on the round's step pairs (chosen: the continuation that led to a
+  correct answer; rejected: to a wrong one), before GRPO; its policy is the round's candidate.
 
 Not here: running anything (`evolve`).
 """
@@ -42,7 +44,8 @@ from rstar_core.config import SearchConfig, config_from_mapping, dataclass_from_
 
 __all__ = ["EvolveRecipe", "load_recipe"]
 
-_SECTIONS = {"method", "pool", "bootstrap", "search", "sft", "ppm", "process", "eval", "promote"}
+_SECTIONS = {"method", "pool", "bootstrap", "search", "sft", "ppm", "process", "eval", "promote",
+             "reward_baselines"}
 _MCTSPP_KEYS = {"grpo", "sft_filter_min_ppm", "step_dpo"}
 METHODS = ("rstar", "process-supervision")
 
@@ -104,10 +107,18 @@ class EvolveRecipe:
     # and the SFT filter by mean PPM step score (None = off).
     grpo: dict[str, Any] = field(default_factory=dict)
     sft_filter_min_ppm: float | None = None
+    # MCTS++: the step-DPO pass after SFT (`rstar_trainer.dpo_config`; {} = off).
+    step_dpo: dict[str, Any] = field(default_factory=dict)
+    # The reward-model ablation: baselines (orm, pqm) trained after each round's decision.
+    reward_baselines: tuple[str, ...] = ()
 
     @property
     def grpo_enabled(self) -> bool:
         return bool(self.grpo.get("enabled", False))
+
+    @property
+    def step_dpo_enabled(self) -> bool:
+        return bool(self.step_dpo.get("enabled", False))
 
     def search_config(self, round: int, **forced: Any) -> SearchConfig:
         """The round's search settings (the last round given applies to later ones)."""
@@ -126,14 +137,13 @@ class EvolveRecipe:
 
 def _mctspp(path: Path, data: Mapping[str, Any]) -> dict[str, Any]:
     """The MCTS++ switches, validated (see the module docstring)."""
+    from rstar_trainer.dpo_config import step_dpo_config
     from rstar_trainer.grpo_config import grpo_config
 
     given = sorted(_MCTSPP_KEYS & set(data))
     if given and data.get("method", "rstar") != "rstar":
         raise ValueError(f"{path}: {', '.join(given)} belong(s) to method rstar")
-    if data.get("step_dpo", False) is not False:
-        raise ValueError(f"{path}: step_dpo is not implemented (a step-DPO pass on correct vs wrong "
-                         "trajectories); leave it out or set it to false")
+    step_dpo = step_dpo_config(data.get("step_dpo"), source=f"{path}: step_dpo")
     grpo = dict(data.get("grpo") or {})
     if "ppm_model" in grpo:
         raise ValueError(f"{path}: grpo.ppm_model is set by the driver (the round's PPM), not by a recipe")
@@ -142,7 +152,24 @@ def _mctspp(path: Path, data: Mapping[str, Any]) -> dict[str, Any]:
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not -1.0 <= threshold <= 1.0):
         raise ValueError(f"{path}: sft_filter_min_ppm must be a number in [-1, 1] or null, got {threshold!r}")
-    return {"grpo": grpo, "sft_filter_min_ppm": None if threshold is None else float(threshold)}
+    return {"grpo": grpo, "sft_filter_min_ppm": None if threshold is None else float(threshold),
+            "step_dpo": step_dpo.to_dict() if step_dpo.enabled else {}}
+
+
+def _baselines(path: Path, data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The `reward_baselines` list, validated: orm and / or pqm, each once, method rstar only."""
+    from .evolve_baselines import BASELINES
+
+    given = data.get("reward_baselines")
+    if given is None:
+        return ()
+    if not isinstance(given, list) or any(not isinstance(k, str) or k not in BASELINES for k in given):
+        raise ValueError(f"{path}: reward_baselines must be a list of {' and '.join(BASELINES)}, got {given!r}")
+    if len(set(given)) != len(given):
+        raise ValueError(f"{path}: reward_baselines names a kind twice: {given!r}")
+    if given and data.get("method", "rstar") != "rstar":
+        raise ValueError(f"{path}: reward_baselines belong to method rstar (they are trained from its trees)")
+    return tuple(given)
 
 
 def _build(cls, data: Any, source: str):
@@ -188,6 +215,7 @@ def load_recipe(path: str | Path) -> EvolveRecipe:
         promote_tolerance=float((data.get("promote") or {}).get("tolerance", 0.0)),
         method=data.get("method", "rstar"),
         process=dict(data.get("process") or {}),
+        reward_baselines=_baselines(path, data),
         **_mctspp(path, data),
     )
     if recipe.method not in METHODS:

@@ -23,6 +23,11 @@
   the curriculum's order (easy to hard: `rstar_core.rl.curriculum`; the trainer reads it in
   order), `prompt` (the policy's prompt, as in the SFT set), `answer` (the gold answer as JSON),
   `problem_id` and `bucket` (its difficulty).
+* Step-DPO set (MCTS++'s optional pass, no split): one row per PPM pair of the round (both of
+  the PPM set's splits), `prompt` (the policy's prompt after the shared prefix: the PPM
+  prompt, which is the same string), `chosen` / `rejected` (the two continuations, each
+  closed like the SFT and process sets: by a newline, or by the end of turn when it ends
+  with the answer step).
 
 Each directory holds `datasets.save_to_disk` output plus `rstar_dataset.json` (kind, round,
 source runs, counts, content hash), is written into a temporary sibling and renamed into
@@ -63,17 +68,18 @@ __all__ = [
     "write_grpo_dataset",
     "write_process_dataset",
     "write_sft_dataset",
+    "write_step_dpo_dataset",
 ]
 
 MANIFEST = "rstar_dataset.json"
 PROMPT_FORMAT = "sft"
-KINDS = ("sft", "ppm", "orm", "pqm", "process", "grpo")
+KINDS = ("sft", "ppm", "orm", "pqm", "process", "grpo", "dpo")
 # Kinds stored as one set; the others keep a `train` (and `heldout`) split.
-_UNSPLIT = ("sft", "process", "grpo")
+_UNSPLIT = ("sft", "process", "grpo", "dpo")
 # The columns a trainer reads, by kind (the reward-model kinds keep them in a `train` split).
 _COLUMNS = {"sft": ("prompt", "completion"), "ppm": ("prompt", "chosen", "rejected"), "orm": ("text", "label"),
             "pqm": ("text", "q"), "process": ("prompt", "completion", "score"),
-            "grpo": ("prompt", "answer")}
+            "grpo": ("prompt", "answer"), "dpo": ("prompt", "chosen", "rejected")}
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,31 @@ def write_grpo_dataset(items: Sequence[Any], out_dir: str | Path, *, round: int,
                            "by_bucket": by_bucket, **(counts or {})},
                 "content_hash": _hash_rows(rows)}
     return _save(out_dir, "grpo", manifest, lambda d: Dataset.from_list(rows).save_to_disk(d))
+
+
+def write_step_dpo_dataset(ppm_set: str | Path, out_dir: str | Path, *, round: int,
+                           sources: dict[str, Any]) -> DatasetInfo:
+    """The step-DPO set of a round from its PPM set: the same pairs as policy completions."""
+    from datasets import Dataset
+
+    from rstar_core.grading import extract_boxed
+
+    data, info = load_training_set(ppm_set, "ppm")
+    end = get_format(PROMPT_FORMAT).end_of_turn
+
+    def closed(text: str) -> str:
+        # Only the answer step writes \boxed{...} (the step format's answer marker).
+        return text + (end if extract_boxed(text) is not None else "\n")
+
+    rows = [{"problem_id": r["problem_id"], "round": r["round"], "prompt": r["prompt"],
+             "chosen": closed(r["chosen"]), "rejected": closed(r["rejected"])}
+            for split in data.values() for r in split]
+    manifest = {"kind": "dpo", "round": round, "prompt_format": PROMPT_FORMAT,
+                "sources": {**sources, "ppm_set": info.path, "ppm_content_hash": info.content_hash},
+                "counts": {"pairs": len(rows), "problems": len({r["problem_id"] for r in rows}),
+                           "chosen_final": sum(r["chosen"].endswith(end) for r in rows)},
+                "content_hash": _hash_rows(rows)}
+    return _save(out_dir, "dpo", manifest, lambda d: Dataset.from_list(rows).save_to_disk(d))
 
 
 def write_ppm_dataset(examples: Sequence[PPMExample], heldout_problems: set[str], out_dir: str | Path, *,

@@ -1,0 +1,101 @@
+"""MCTS++'s optional step-DPO pass: DPO from the round's SFT policy on the round's step pairs (TRL `DPOTrainer`).
+
+The dataset is a step-DPO set (`datasets.write_step_dpo_dataset`): the round's PPM pairs as
+policy continuations: after the same prompt (question and shared steps), the step (or the
+rest of the solution) that led to a correct answer is `chosen` and the one that led to a
+wrong answer `rejected`. That is Step-DPO's data (Lai et al., 2024): preferences per step,
+not per whole solution; MCTS gives them for free, with Q values behind each side.
+
+The reference model is the start model (the round's SFT policy; TRL keeps a frozen copy),
+so beta weighs how far the pass may move from it. Checkpoints, resume, the progress log and
+the atomic final model (bf16 safetensors + tokenizer + `rstar_training.json`) are `common`'s,
+as for SFT; bf16 autocast where `precision_args()` says so.
+
+Not here: choosing the pairs (`rstar_core.curation.ppm_examples`), registering the version
+(`jobs`), deciding when the pass runs (`rstar evolve`, `evolve_mctspp`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .common import ProgressLog, atomic_output, check_model_dir, precision_args, run_metrics, run_training
+from .datasets import load_training_set
+from .dpo_config import StepDPOConfig
+from .sft_trainer import _check_tokenizer
+
+__all__ = ["train_step_dpo"]
+
+log = logging.getLogger(__name__)
+
+
+def train_step_dpo(start_model: str | Path, dataset_dir: str | Path, out_dir: str | Path, work_dir: str | Path,
+                   config: StepDPOConfig, *, progress_bar: bool = True) -> dict[str, Any]:
+    """Step-DPO from `start_model` (also the reference) on a step-DPO set; returns the run's metrics."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    start = check_model_dir(start_model, "start model")
+    data, info = load_training_set(dataset_dir, "dpo")
+    tokenizer = AutoTokenizer.from_pretrained(str(start))
+    _check_tokenizer(info.manifest, tokenizer, start)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(str(start), dtype=torch.float32)
+    args = DPOConfig(
+        output_dir=str(work),
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        learning_rate=config.learning_rate,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        max_length=config.max_length,
+        # transformers reads a warmup below 1 as a share of the steps (warmup_ratio is deprecated).
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="cosine",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=not progress_bar,
+        dataloader_num_workers=0,
+        **precision_args(),
+    )
+    progress = ProgressLog(work, "step-dpo")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data.select_columns(["prompt", "chosen", "rejected"]),
+                         processing_class=tokenizer, callbacks=[progress])
+    result, resume, train_s = run_training(trainer, work, "step-DPO")
+    logged = [entry for entry in trainer.state.log_history if "rewards/accuracies" in entry]
+    metrics = {
+        **run_metrics("step-dpo", result, trainer, progress, train_s, resume, info.content_hash),
+        "pairs": len(data),
+        "beta": config.beta,
+        # The implicit reward's preference accuracy on the training batches, first and last logged.
+        "first_reward_accuracy": logged[0]["rewards/accuracies"] if logged else None,
+        "last_reward_accuracy": logged[-1]["rewards/accuracies"] if logged else None,
+        "last_reward_margin": logged[-1].get("rewards/margins") if logged else None,
+        "precision": "bf16-autocast" if args.bf16 else ("fp16" if args.fp16 else "float32"),
+    }
+    if not trainer.is_world_process_zero():
+        return metrics
+    with atomic_output(out_dir) as staging:
+        trainer.model.to(torch.bfloat16).save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        (staging / "rstar_training.json").write_text(json.dumps(
+            {"metrics": metrics, "config": config.to_dict(), "base_model": str(start),
+             "dataset": {"path": info.path, **info.manifest}}, indent=2) + "\n")
+    log.info("step-DPO done: %d steps, loss %s -> %s -> %s", metrics["steps"], metrics["first_loss"],
+             metrics["last_loss"], out_dir)
+    return metrics
