@@ -55,3 +55,23 @@ def test_rows_compare_every_round_with_the_base_on_the_same_items():
 
 def test_a_run_without_a_base_evaluation_has_no_rows():
     assert rounds_table([_step(0, "evaluate_base", BASE, state="running")]) == []
+
+
+def test_baselines_and_step_dpo_add_their_columns_only_when_a_round_has_them():
+    steps = [
+        _step(0, "evaluate_base", BASE),
+        _step(1, "evaluate", ROUND1),
+        _step(1, "train_sft", {"version": "r-r1-policy-aa", "metrics": {"train_s": 5.0}}),
+        _step(1, "train_dpo", {"version": "r-r1-policy-dpo", "metrics": {"train_s": 4.0, "pairs": 9,
+                                                                         "last_reward_accuracy": 0.5}}),
+        _step(1, "train_orm", {"version": "r-r1-orm-cc", "metrics": {"train_s": 1.0, "heldout_accuracy": 0.6}}),
+        _step(1, "train_pqm", {"version": "r-r1-pqm-dd", "metrics": {"train_s": 1.0, "heldout_mse": 0.31,
+                                                                     "heldout_pair_accuracy": 0.55}}),
+    ]
+    base, round1 = rounds_table(steps)
+    assert round1["policy"] == "r-r1-policy-dpo" and round1["train_s"] == 11.0  # the DPO policy was evaluated
+    assert (round1["orm_accuracy"], round1["pqm_mse"], round1["pqm_pair_accuracy"]) == (0.6, 0.31, 0.55)
+    header, _, _, line = render_markdown([base, round1]).splitlines()
+    assert "| DPO pairs | DPO acc. | ORM acc. | PQM MSE | PQM pair acc. |" in header
+    assert "| 9 | 0.5 | 0.6 | 0.31 | 0.55 |" in line
+    assert "ORM acc." not in render_markdown(rounds_table(steps[:3]))

@@ -5,7 +5,9 @@ Wilson interval, and each round is compared with the base model on the same item
 exact McNemar test (`p_vs_base`), so nobody reads noise as progress. `rounds_table`
 returns JSON-ready rows, `render_markdown` the table a person reads. A process-supervision
 run (`evolve_process`) adds per round its scored steps and its training's loss, weighted NLL
-and KL (columns shown only when some row has them).
+and KL; a run with `reward_baselines` the held-out accuracy of the ORM and the held-out MSE
+and pair accuracy of the PQM; MCTS++ the step-DPO pairs and final preference accuracy
+(optional columns, shown only when some row has them).
 
 Not here: running rounds (`evolve`).
 """
@@ -41,9 +43,13 @@ def _row(label: Any, evaluation: dict[str, Any], base: dict[str, Any], done: dic
     search = done.get("search") or {}
     policy = done.get("train_sft") or done.get("train_process") or {}
     sft = policy.get("metrics", {})
-    # MCTS++: the round's GRPO policy (from its SFT policy) is the candidate it evaluated.
+    # MCTS++: the round's GRPO policy (from its SFT or step-DPO policy) is the candidate it
+    # evaluated, else its step-DPO policy.
     grpo = (done.get("train_grpo") or {}).get("metrics", {})
-    policy = done.get("train_grpo") or policy
+    dpo = (done.get("train_dpo") or {}).get("metrics", {})
+    policy = done.get("train_grpo") or done.get("train_dpo") or policy
+    orm = (done.get("train_orm") or {}).get("metrics", {})
+    pqm = (done.get("train_pqm") or {}).get("metrics", {})
     ppm = (done.get("train_ppm") or {}).get("metrics", {})
     process = (done.get("train_process") or {}).get("metrics", {})
     decide = done.get("decide") or {}
@@ -61,7 +67,7 @@ def _row(label: Any, evaluation: dict[str, Any], base: dict[str, Any], done: dic
         "sft_examples": (data.get("sft") or {}).get("examples"),
         "ppm_pairs": (data.get("ppm") or {}).get("pairs"),
         "ppm_pair_accuracy": ppm.get("heldout_pair_accuracy"),
-        "train_s": round(sum(m.get("train_s", 0.0) for m in (sft, ppm, grpo)), 1),
+        "train_s": round(sum(m.get("train_s", 0.0) for m in (sft, ppm, grpo, dpo, orm, pqm)), 1),
         "search_s": round(search.get("wall_s", 0.0), 1),
         "data_s": round((data.get("wall_s") or 0.0) + ((done.get("bootstrap") or {}).get("wall_s") or 0.0), 1),
         "eval_s": round(evaluation.get("wall_s", 0.0), 1),
@@ -70,6 +76,11 @@ def _row(label: Any, evaluation: dict[str, Any], base: dict[str, Any], done: dic
         "process_loss": process.get("train_loss"),
         "weighted_nll": process.get("weighted_nll"),
         "kl": process.get("kl"),
+        "dpo_pairs": dpo.get("pairs"),
+        "dpo_reward_accuracy": dpo.get("last_reward_accuracy"),
+        "orm_accuracy": orm.get("heldout_accuracy"),
+        "pqm_mse": pqm.get("heldout_mse"),
+        "pqm_pair_accuracy": pqm.get("heldout_pair_accuracy"),
     }
 
 
@@ -124,5 +135,7 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else _dash(value)
 
 
-# Process supervision's columns: row key -> header.
-_PROCESS_COLUMNS = {"process_steps": "PS steps", "process_loss": "PS loss", "weighted_nll": "wNLL", "kl": "KL"}
+# Optional columns (process supervision, MCTS++'s step-DPO, the reward-model baselines): row key -> header.
+_PROCESS_COLUMNS = {"process_steps": "PS steps", "process_loss": "PS loss", "weighted_nll": "wNLL", "kl": "KL",
+                    "dpo_pairs": "DPO pairs", "dpo_reward_accuracy": "DPO acc.", "orm_accuracy": "ORM acc.",
+                    "pqm_mse": "PQM MSE", "pqm_pair_accuracy": "PQM pair acc."}
