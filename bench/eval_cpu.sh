@@ -15,10 +15,12 @@ PY=${PY:-.venv/bin/python}
 RUN=${RUN:-rm-cpu}
 OUT=${OUT:-runs/eval/cpu}
 CONFIG=${CONFIG:-eval-cpu}
-GREEDY_LIMIT=${GREEDY_LIMIT:-200}   # GSM8K items for greedy
-SAMPLE_LIMIT=${SAMPLE_LIMIT:-100}   # GSM8K items for maj / bon-*
-TREE_LIMIT=${TREE_LIMIT:-50}        # GSM8K items for mcts
-PER_LEVEL=${PER_LEVEL:-10}          # practice items per level (levels 1-5)
+GREEDY_LIMIT=${GREEDY_LIMIT:-100}   # GSM8K items for greedy
+SAMPLE_LIMIT=${SAMPLE_LIMIT:-30}    # GSM8K items for maj / bon-*
+TREE_LIMIT=${TREE_LIMIT:-10}        # GSM8K items for mcts
+LEVELS=${LEVELS:-1,2,3}             # practice levels
+PER_LEVEL=${PER_LEVEL:-10}          # practice items per level (greedy, maj / bon-*)
+TREE_PER_LEVEL=${TREE_PER_LEVEL:-4} # practice items per level for mcts
 NS=${NS:-1,2,4}                     # samples / rollouts
 DOCS=${DOCS:-docs}
 
@@ -39,7 +41,7 @@ for bench in gsm8k practice; do
   if [ "$bench" = gsm8k ]; then
     g=(--limit "$GREEDY_LIMIT"); s=(--limit "$SAMPLE_LIMIT"); t=(--limit "$TREE_LIMIT")
   else
-    g=(--per-level "$PER_LEVEL"); s=("${g[@]}"); t=("${g[@]}")
+    g=(--levels "$LEVELS" --per-level "$PER_LEVEL"); s=("${g[@]}"); t=(--levels "$LEVELS" --per-level "$TREE_PER_LEVEL")
   fi
   common=(--benchmark "$bench" --config "$CONFIG" --out "$out")
   "$RSTAR" eval "${common[@]}" "${g[@]}" --method greedy --set prompt_format=base

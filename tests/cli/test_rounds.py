@@ -75,3 +75,10 @@ def test_baselines_and_step_dpo_add_their_columns_only_when_a_round_has_them():
     assert "| DPO pairs | DPO acc. | ORM acc. | PQM MSE | PQM pair acc. |" in header
     assert "| 9 | 0.5 | 0.6 | 0.31 | 0.55 |" in line
     assert "ORM acc." not in render_markdown(rounds_table(steps[:3]))
+
+
+def test_a_run_without_the_fixed_budget_search_has_no_search_column():
+    base = _evaluation([False] * 4, {1: [False] * 2})
+    rows = rounds_table([_step(0, "evaluate_base", base), _step(1, "evaluate", base)])
+    header = render_markdown(rows).splitlines()[0]
+    assert "GSM8K-0" not in header and header.startswith("| round | GSM8K-4 greedy | practice L1 |")

@@ -58,7 +58,7 @@ def test_sigterm_stops_the_embedded_engine_with_the_command(tmp_path, model_dir)
     engine = []
     out = tmp_path / "out.jsonl"
     while time.monotonic() < deadline and not (out.exists() and out.read_text().strip()):  # mid-search
-        engine = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM" in " ".join(p.cmdline())]
+        engine = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM" in _cmdline(p)] or engine
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         time.sleep(1)
     assert engine, "the engine never started"
@@ -66,4 +66,14 @@ def test_sigterm_stops_the_embedded_engine_with_the_command(tmp_path, model_dir)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "rstar: interrupted" in stderr, stderr[-2000:]
     _, alive = psutil.wait_procs(engine, timeout=30)
-    assert not alive, [p.cmdline() for p in alive]
+    assert not alive, [_cmdline(p) for p in alive]
+
+
+def _cmdline(process) -> str:
+    """A child's command line; "" for one that is exiting (a zombie) or gone meanwhile."""
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""

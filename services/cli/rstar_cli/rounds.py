@@ -111,14 +111,16 @@ def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
     n_greedy = next((row["heldout_accuracy"]["n"] for row in rows if row["heldout_accuracy"]), 0)
     n_search = next((row["heldout_search_accuracy"]["n"] for row in rows if row["heldout_search_accuracy"]), 0)
     process = [key for key in _PROCESS_COLUMNS if any(row.get(key) is not None for row in rows)]
-    head = (["round", f"GSM8K-{n_greedy} greedy", f"GSM8K-{n_search} search"] + [f"practice L{lv}" for lv in levels]
+    searched = [f"GSM8K-{n_search} search"] if n_search else []  # a run without the fixed-budget search: no column
+    head = (["round", f"GSM8K-{n_greedy} greedy", *searched] + [f"practice L{lv}" for lv in levels]
             + ["solved e/m/h", "SFT ex.", "PPM pairs", "PPM acc."] + [_PROCESS_COLUMNS[k] for k in process]
             + ["promoted", "search s", "data s", "train s", "eval s", "tokens"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         buckets = row["solved_by_bucket"] or {}
         bucket_text = "/".join(str(buckets.get(k, 0)) for k in ("easy", "medium", "hard")) if buckets else "–"
-        cells = ([str(row["round"]), _cell(row["heldout_accuracy"]), _cell(row["heldout_search_accuracy"])]
+        cells = ([str(row["round"]), _cell(row["heldout_accuracy"])]
+                 + ([_cell(row["heldout_search_accuracy"])] if searched else [])
                  + [_cell(row["practice_accuracy_by_level"].get(lv)) for lv in levels]
                  + [bucket_text, _dash(row["sft_examples"]), _dash(row["ppm_pairs"]), _dash(row["ppm_pair_accuracy"])]
                  + [_number(row.get(key)) for key in process] + [_dash(row["promoted"])]
