@@ -234,7 +234,9 @@ def test_eval_writes_rows_and_reports_and_resumes(fake_engine, capsys):
     assert len(env["started"][-1][2].requests) == 3 * 1 * 2
 
     # Another method into the same folder: compared with the first on the same items.
+    samples = (env["out"] / "samples.jsonl").read_text()
     code, out, _ = _eval(capsys, env, "--method", "greedy")
+    assert (env["out"] / "samples.jsonl").read_text() == samples  # greedy draws no shared samples
     assert code == 0 and "greedy@1: 50.0 % (1/2" in out
     summary = json.loads((env["out"] / "summary.json").read_text())
     pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
@@ -264,5 +266,6 @@ def test_a_failing_item_is_not_written_and_is_retried(fake_engine, capsys):
     code, _, err = _eval(capsys, env, "--method", "greedy")
     assert code == 1 and any("[x] FAILED: RuntimeError: engine fell over" in line for line in err)
     assert sorted(r["id"] for r in _rows(env)) == ["a", "b", "c"]
+    assert not (env["out"] / "samples.jsonl").exists()  # only maj and bon-* keep samples
     code, _, err = _eval(capsys, env, "--method", "greedy")
     assert code == 1 and "resuming: 3 of 4 items already" in err[0]

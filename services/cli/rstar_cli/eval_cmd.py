@@ -577,13 +577,15 @@ class _SampleCache:
                 steps = row.get("steps")
                 self.drawn[(row["id"], row["k"])] = _Drawn(row.get("answer"), None if steps is None else tuple(steps),
                                                            int(row["tokens"]), float(row["seconds"]))
-        self.out = path.open("a", encoding="utf-8")
+        self.path = path
+        self.out = None  # opened on the first sample drawn (the tree methods draw none)
 
     def __enter__(self) -> "_SampleCache":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.out.close()
+        if self.out is not None:
+            self.out.close()
 
     def get(self, item_id: str, k: int) -> _Drawn | None:
         return self.drawn.get((item_id, k))
@@ -598,6 +600,8 @@ class _SampleCache:
         row = {"id": item_id, "k": k, **self.key, "answer": drawn.answer,
                "steps": None if drawn.steps is None else list(drawn.steps), "tokens": drawn.tokens,
                "seconds": drawn.seconds}
+        if self.out is None:
+            self.out = self.path.open("a", encoding="utf-8")
         self.out.write(json.dumps(row, ensure_ascii=False) + "\n")
         self.out.flush()
 
