@@ -53,6 +53,17 @@ for bench in gsm8k practice; do
   "$RSTAR" eval "${common[@]}" "${t[@]}" --method mcts --n "$NS" --policy "$POLICY" --ppm "$PPM"
 done
 
+# The focused attempt at the gap (docs/eval.md, "What it shows"): with 96-token steps most of the
+# round's policy's first steps are cut before they finish; the same practice items again with
+# longer steps (a series of its own: another config id), greedy, maj and the PPM's selection.
+if [ -n "${LONG_STEP_TOKENS:=256}" ]; then
+  long=(--benchmark practice --config "$CONFIG" --out "$OUT/practice" --levels "$LEVELS" --per-level "$PER_LEVEL"
+        --set "max_tokens_per_step=$LONG_STEP_TOKENS" --policy "$POLICY")
+  "$RSTAR" eval "${long[@]}" --method greedy
+  "$RSTAR" eval "${long[@]}" --method maj --n "$NS"
+  "$RSTAR" eval "${long[@]}" --method bon-ppm --n "$NS" --ppm "$PPM"
+fi
+
 # One report over both folders: the rows of both benchmarks in one summary, table and plot.
 mkdir -p "$OUT/all"
 cat "$OUT"/gsm8k/items.jsonl "$OUT"/practice/items.jsonl > "$OUT/all/items.jsonl"

@@ -68,8 +68,9 @@ def test_train_step_dpo_end_to_end_on_the_small_model(model_dir, tmp_path):
     from rstar_trainer.dpo_trainer import train_step_dpo
 
     dataset = write_step_dpo_dataset(_ppm_set(tmp_path / "ppm"), tmp_path / "dpo", round=1, sources={}).path
-    config = StepDPOConfig(enabled=True, beta=0.1, learning_rate=1e-5, max_steps=2, batch_size=2, max_length=160,
-                           save_steps=2, threads=2)
+    # No warmup: the first step already moves (a warmup share of two steps would make its rate 0).
+    config = StepDPOConfig(enabled=True, beta=0.1, learning_rate=5e-5, warmup_ratio=0.0, max_steps=2, batch_size=2,
+                           max_length=160, save_steps=2, threads=2)
     out, work = tmp_path / "out", tmp_path / "work"
     metrics = train_step_dpo(model_dir, dataset, out, work, config, progress_bar=False)
     assert metrics["kind"] == "step-dpo" and metrics["steps"] == 2 and metrics["pairs"] == 2
