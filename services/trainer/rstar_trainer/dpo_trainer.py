@@ -17,15 +17,13 @@ Not here: choosing the pairs (`rstar_core.curation.ppm_examples`), registering t
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from .common import ProgressLog, atomic_output, check_model_dir, precision_args, run_metrics, run_training
-from .datasets import load_training_set
+from .common import ProgressLog, precision_args, run_metrics, run_training
 from .dpo_config import StepDPOConfig
-from .sft_trainer import _check_tokenizer
+from .sft_trainer import load_run
 
 __all__ = ["train_step_dpo"]
 
@@ -35,23 +33,13 @@ log = logging.getLogger(__name__)
 def train_step_dpo(start_model: str | Path, dataset_dir: str | Path, out_dir: str | Path, work_dir: str | Path,
                    config: StepDPOConfig, *, progress_bar: bool = True) -> dict[str, Any]:
     """Step-DPO from `start_model` (also the reference) on a step-DPO set; returns the run's metrics."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    start = check_model_dir(start_model, "start model")
-    data, info = load_training_set(dataset_dir, "dpo")
-    tokenizer = AutoTokenizer.from_pretrained(str(start))
-    _check_tokenizer(info.manifest, tokenizer, start)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(str(start), dtype=torch.float32)
+    run = load_run(start_model, "start model", dataset_dir, "dpo", work_dir, config.threads)
+    if run.tokenizer.pad_token is None:
+        run.tokenizer.pad_token = run.tokenizer.eos_token
     args = DPOConfig(
-        output_dir=str(work),
+        output_dir=str(run.work),
         beta=config.beta,
         loss_type=[config.loss_type],
         learning_rate=config.learning_rate,
@@ -73,14 +61,15 @@ def train_step_dpo(start_model: str | Path, dataset_dir: str | Path, out_dir: st
         dataloader_num_workers=0,
         **precision_args(),
     )
-    progress = ProgressLog(work, "step-dpo")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data.select_columns(["prompt", "chosen", "rejected"]),
-                         processing_class=tokenizer, callbacks=[progress])
-    result, resume, train_s = run_training(trainer, work, "step-DPO")
+    progress = ProgressLog(run.work, "step-dpo")
+    trainer = DPOTrainer(model=run.model, args=args,
+                         train_dataset=run.data.select_columns(["prompt", "chosen", "rejected"]),
+                         processing_class=run.tokenizer, callbacks=[progress])
+    result, resume, train_s = run_training(trainer, run.work, "step-DPO")
     logged = [entry for entry in trainer.state.log_history if "rewards/accuracies" in entry]
     metrics = {
-        **run_metrics("step-dpo", result, trainer, progress, train_s, resume, info.content_hash),
-        "pairs": len(data),
+        **run_metrics("step-dpo", result, trainer, progress, train_s, resume, run.info.content_hash),
+        "pairs": len(run.data),
         "beta": config.beta,
         # The implicit reward's preference accuracy on the training batches, first and last logged.
         "first_reward_accuracy": logged[0]["rewards/accuracies"] if logged else None,
@@ -90,12 +79,7 @@ def train_step_dpo(start_model: str | Path, dataset_dir: str | Path, out_dir: st
     }
     if not trainer.is_world_process_zero():
         return metrics
-    with atomic_output(out_dir) as staging:
-        trainer.model.to(torch.bfloat16).save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-        (staging / "rstar_training.json").write_text(json.dumps(
-            {"metrics": metrics, "config": config.to_dict(), "base_model": str(start),
-             "dataset": {"path": info.path, **info.manifest}}, indent=2) + "\n")
+    run.save(trainer, out_dir, metrics, config)
     log.info("step-DPO done: %d steps, loss %s -> %s -> %s", metrics["steps"], metrics["first_loss"],
              metrics["last_loss"], out_dir)
     return metrics

@@ -40,10 +40,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .common import ProgressLog, atomic_output, check_model_dir, precision_args, run_metrics, run_training
-from .datasets import load_training_set
+from .common import ProgressLog, precision_args, run_metrics, run_training
 from .grpo_config import GRPOConfig
-from .sft_trainer import _check_tokenizer
+from .sft_trainer import load_run
 
 __all__ = ["REWARD_LOG", "train_grpo"]
 
@@ -56,27 +55,18 @@ PROMPT_FORMAT = "sft"
 def train_grpo(start_model: str | Path, dataset_dir: str | Path, out_dir: str | Path, work_dir: str | Path,
                config: GRPOConfig, *, progress_bar: bool = True) -> dict[str, Any]:
     """GRPO from `start_model` (the round's SFT policy) on a GRPO set; returns the run's metrics."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
-    start = check_model_dir(start_model, "start model")
     if config.ppm_reward_weight > 0 and not config.ppm_model:
         raise ValueError("ppm_reward_weight > 0 needs ppm_model (the PPM directory that scores the steps)")
-    data, info = load_training_set(dataset_dir, "grpo")
+    run = load_run(start_model, "start model", dataset_dir, "grpo", work_dir, config.threads)
+    data, info, tokenizer, work, model = run.data, run.info, run.tokenizer, run.work, run.model
     if len(data) < config.prompts:
         raise ValueError(f"the GRPO set {info.path} holds {len(data)} prompts, the run reads {config.prompts} "
                          f"({config.steps} steps x {config.prompts_per_step}): rebuild it for these settings")
-    tokenizer = AutoTokenizer.from_pretrained(str(start))
-    _check_tokenizer(info.manifest, tokenizer, start)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(str(start), dtype=torch.float32)
     rewards = _Rewards(work / REWARD_LOG, config, _eos_ids(tokenizer))
     funcs, weights = [rewards.answer, rewards.format], [1.0, config.format_reward_weight]
     if config.ppm_reward_weight > 0:
@@ -129,12 +119,7 @@ def train_grpo(start_model: str | Path, dataset_dir: str | Path, out_dir: str | 
     }
     if not trainer.is_world_process_zero():
         return metrics
-    with atomic_output(out_dir) as staging:
-        trainer.model.to(torch.bfloat16).save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-        (staging / "rstar_training.json").write_text(json.dumps(
-            {"metrics": metrics, "config": config.to_dict(), "base_model": str(start),
-             "dataset": {"path": info.path, **info.manifest}}, indent=2) + "\n")
+    run.save(trainer, out_dir, metrics, config)
     log.info("GRPO done: %d steps, reward %s -> %s -> %s", metrics["steps"], metrics["first_reward"],
              metrics["last_reward"], out_dir)
     return metrics

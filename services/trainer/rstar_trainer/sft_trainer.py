@@ -91,27 +91,35 @@ class PreparedRun:
                  "dataset": {"path": self.info.path, **self.info.manifest}}, indent=2) + "\n")
 
 
-def prepare_run(model_dir: str | Path, what: str, dataset_dir: str | Path, kind: str, work_dir: str | Path,
-                config, *, progress_bar: bool) -> PreparedRun:
-    """Check and load a causal-LM run's inputs (model, tokenizer, `kind` set) in fp32 and build
-    its TRL `SFTConfig` (completion-only loss, the precision of this hardware). Shared by SFT
-    and process supervision."""
+def load_run(model_dir: str | Path, what: str, dataset_dir: str | Path, kind: str, work_dir: str | Path,
+             threads: int | None) -> PreparedRun:
+    """Check and load a causal-LM run's inputs (model in fp32, tokenizer, `kind` set), without
+    its trainer's arguments (`args` is None). Shared by SFT, process supervision, step-DPO, GRPO."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig as TRLConfig
 
     path = check_model_dir(model_dir, what)
     data, info = load_training_set(dataset_dir, kind)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     _check_tokenizer(info.manifest, tokenizer, path)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    if threads:
+        torch.set_num_threads(threads)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    args = TRLConfig(**training_arguments(config, work, progress_bar=progress_bar), max_length=config.max_length,
-                     completion_only_loss=True, **precision_args())
-    return PreparedRun(path, data, info, tokenizer, model, args, work)
+    return PreparedRun(path, data, info, tokenizer, model, None, work)
+
+
+def prepare_run(model_dir: str | Path, what: str, dataset_dir: str | Path, kind: str, work_dir: str | Path,
+                config, *, progress_bar: bool) -> PreparedRun:
+    """`load_run` plus its TRL `SFTConfig` (completion-only loss, the precision of this
+    hardware). Shared by SFT and process supervision."""
+    from trl import SFTConfig as TRLConfig
+
+    run = load_run(model_dir, what, dataset_dir, kind, work_dir, config.threads)
+    run.args = TRLConfig(**training_arguments(config, run.work, progress_bar=progress_bar),
+                         max_length=config.max_length, completion_only_loss=True, **precision_args())
+    return run
 
 
 def _fused_head_pays(model) -> bool:
