@@ -1,4 +1,5 @@
-"""External command-line tools some tests use when present, a free local port, and a test stack.
+"""External command-line tools some tests use when present, a free local port, a test stack, and
+scratch directories that module-scoped fixtures remove when their module is done.
 
 `make deploy-tools` installs docker-compose with apt and unpacks Debian's prometheus
 package (prometheus, promtool) into .cache/tools without installing it: no root needed
@@ -30,6 +31,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def scratch_dir(tmp_path_factory, name: str):
+    """A fresh directory under pytest's base temp, removed when the block ends.
+
+    For module-scoped fixtures that hold trained models and checkpoints (gigabytes each):
+    pytest keeps those directories until the session ends, and a whole suite of them fills
+    a small disk. Function-scoped `tmp_path` is cleaned by `tmp_path_retention_policy`.
+    """
+    path = tmp_path_factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager

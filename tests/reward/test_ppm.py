@@ -21,6 +21,7 @@ from rstar_reward import (
     build_ppm_dir,
     pairwise_loss,
 )
+from tools import scratch_dir
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def _render(rm: PPMRewardModel, items=ITEMS) -> list[str]:
 @pytest.fixture(scope="module")
 def ppm_dir(model_dir, tmp_path_factory):
     """An untrained PPM saved from the policy (bf16, as stored)."""
-    return build_ppm_dir(model_dir, tmp_path_factory.mktemp("ppm") / "ppm", seed=0)
+    with scratch_dir(tmp_path_factory, "ppm") as root:
+        yield build_ppm_dir(model_dir, root / "ppm", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 import grpc
 import pytest
 from grpc_helpers import handled, health, start_server
+from tools import scratch_dir
 
 from rstar_core.ports import RewardModel, ScoringItem
 from rstar_reward import PPMRewardModel, build_ppm_dir
@@ -28,9 +29,10 @@ ITEMS = [
 
 @pytest.fixture(scope="module")
 def ppm(model_dir, tmp_path_factory):
-    ppm_dir = build_ppm_dir(model_dir, tmp_path_factory.mktemp("ppm") / "ppm", seed=0)
-    # float32 so that scores do not depend on how the batcher grouped the items.
-    return PPMRewardModel.from_dir(ppm_dir, dtype="float32", max_batch_size=8, batch_window_s=0.02)
+    with scratch_dir(tmp_path_factory, "ppm") as root:
+        ppm_dir = build_ppm_dir(model_dir, root / "ppm", seed=0)
+        # float32 so that scores do not depend on how the batcher grouped the items.
+        yield PPMRewardModel.from_dir(ppm_dir, dtype="float32", max_batch_size=8, batch_window_s=0.02)
 
 
 @pytest.fixture(scope="module")

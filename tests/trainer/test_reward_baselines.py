@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from rstar_core.curation import ORMExample, PQMExample
 from rstar_trainer.datasets import write_orm_dataset, write_pqm_dataset
 from rstar_trainer.ppm_config import PPMConfig
+from tools import scratch_dir
 
 pytestmark = pytest.mark.slow
 
@@ -38,21 +39,21 @@ def _solution(i: int, right: bool) -> tuple[str, tuple[str, ...]]:
 def trained(model_dir, tmp_path_factory):
     from rstar_trainer.ppm_trainer import train_orm, train_pqm
 
-    root = tmp_path_factory.mktemp("baselines")
-    orm, pqm = [], []
-    for i in range(8):
-        for right in (True, False):
-            question, steps = _solution(i, right)
-            orm.append(ORMExample(f"p{i}", question, steps, right, 1))
-            pqm += [PQMExample(f"p{i}", question, steps[:1], 0.6 if right else -0.6, 1),
-                    PQMExample(f"p{i}", question, steps, 1.0 if right else -1.0, 1)]
-    write_orm_dataset(orm, {"p0", "p1"}, root / "orm_data", round=1, sources={})
-    write_pqm_dataset(pqm, {"p0", "p1"}, root / "pqm_data", round=1, sources={})
-    metrics = {
-        "orm": train_orm(model_dir, root / "orm_data", root / "orm", root / "orm_work", CONFIG, progress_bar=False),
-        "pqm": train_pqm(model_dir, root / "pqm_data", root / "pqm", root / "pqm_work", CONFIG, progress_bar=False),
-    }
-    return root, metrics
+    with scratch_dir(tmp_path_factory, "baselines") as root:
+        orm, pqm = [], []
+        for i in range(8):
+            for right in (True, False):
+                question, steps = _solution(i, right)
+                orm.append(ORMExample(f"p{i}", question, steps, right, 1))
+                pqm += [PQMExample(f"p{i}", question, steps[:1], 0.6 if right else -0.6, 1),
+                        PQMExample(f"p{i}", question, steps, 1.0 if right else -1.0, 1)]
+        write_orm_dataset(orm, {"p0", "p1"}, root / "orm_data", round=1, sources={})
+        write_pqm_dataset(pqm, {"p0", "p1"}, root / "pqm_data", round=1, sources={})
+        metrics = {
+            "orm": train_orm(model_dir, root / "orm_data", root / "orm", root / "orm_work", CONFIG, progress_bar=False),
+            "pqm": train_pqm(model_dir, root / "pqm_data", root / "pqm", root / "pqm_work", CONFIG, progress_bar=False),
+        }
+        yield root, metrics
 
 
 def _tensor(path, suffix):

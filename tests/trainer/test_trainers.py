@@ -21,6 +21,7 @@ from rstar_core.curation import PPMExample, SFTExample
 from rstar_trainer.datasets import write_ppm_dataset, write_sft_dataset
 from rstar_trainer.ppm_config import PPMConfig
 from rstar_trainer.sft_config import SFTConfig
+from tools import scratch_dir
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +60,10 @@ def ppm_set(tmp_path_factory):
 def sft_run(model_dir, sft_set, tmp_path_factory):
     from rstar_trainer.sft_trainer import train_sft
 
-    root = tmp_path_factory.mktemp("sft")
-    metrics = train_sft(model_dir, sft_set, root / "out", root / "work", SFTConfig(max_steps=4, **TINY_SFT),
-                        progress_bar=False)
-    return metrics, root
+    with scratch_dir(tmp_path_factory, "sft") as root:
+        metrics = train_sft(model_dir, sft_set, root / "out", root / "work", SFTConfig(max_steps=4, **TINY_SFT),
+                            progress_bar=False)
+        yield metrics, root
 
 
 def test_sft_loss_falls_and_weights_change(model_dir, sft_run):
