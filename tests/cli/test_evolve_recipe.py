@@ -54,6 +54,7 @@ def test_a_recipe_gives_each_round_its_search_and_the_last_one_to_later_rounds(t
     (("ppm: {max_steps: 2}", "ppm: {batch: 2}"), r"ppm: unknown key\(s\) batch"),
     (("eval: {gsm8k_limit: 5,", "eval: {gsm8k_limt: 5,"), r"eval: unknown key\(s\) gsm8k_limt"),
     (("bootstrap: {limit: 10}", "bootstrap: [1, 2]"), "bootstrap: expected a mapping"),
+    (("eval: {gsm8k_limit: 5,", "eval: {practice_per_level: -1,"), "eval needs gsm8k_limit >= 1, practice_per_level >= 0"),
 ])
 def test_mistakes_name_the_file_and_the_key(tmp_path, change, message):
     path = _write(tmp_path, GOOD.replace(*change))
@@ -69,3 +70,42 @@ def test_a_missing_or_broken_file_is_named(tmp_path):
         load_recipe(_write(tmp_path, "search: {1: [\n"))
     with pytest.raises(ValueError, match="search must map round numbers"):
         load_recipe(_write(tmp_path, "pool: {}\n"))
+
+
+def test_extends_changes_only_what_the_file_gives(tmp_path):
+    _write(tmp_path, GOOD)
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: recipe.yaml\nsearch: {1: {max_depth: 6}}\nsft: {max_steps: 3}\n"
+                     "pool: {practice: {levels: [3]}}\n")
+    recipe = load_recipe(child)
+    assert recipe.name == "child"
+    # Round 1 keeps its rollouts and gets the new depth; round 3 and the other sections are the base's.
+    assert (recipe.search_config(1).rollouts, recipe.search_config(1).max_depth) == (2, 6)
+    assert recipe.search_config(3).rollouts == 6 and recipe.bootstrap.limit == 10
+    assert recipe.sft == {"max_steps": 3} and recipe.ppm == {"max_steps": 2}
+    # A list replaces: levels [1, 2] -> [3]; the practice seed and count stay.
+    assert recipe.pool.practice.levels == (3,) and recipe.pool.practice.n_per_level == 3
+    grandchild = tmp_path / "sub" / "grandchild.yaml"
+    grandchild.parent.mkdir()
+    grandchild.write_text("extends: ../child.yaml\neval: {gsm8k_limit: 7}\n")
+    recipe = load_recipe(grandchild)
+    assert recipe.eval.gsm8k_limit == 7 and recipe.search_config(1).max_depth == 6 and recipe.sft["max_steps"] == 3
+
+
+def test_a_bad_extends_is_named(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: b.yaml\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match=r"forms a cycle \(a.yaml -> b.yaml -> a.yaml\)"):
+        load_recipe(a)
+    a.write_text("extends: missing.yaml\n")
+    with pytest.raises(ValueError, match="extends missing.yaml, which is not a file"):
+        load_recipe(a)
+    a.write_text("extends: [b.yaml]\n")
+    with pytest.raises(ValueError, match="extends must name a recipe file"):
+        load_recipe(a)
+    # An error in the merged recipe still names the file that was loaded.
+    b.write_text(GOOD)
+    a.write_text("extends: b.yaml\nsearch: {1: {rolouts: 2}}\n")
+    with pytest.raises(ValueError, match=r"a.yaml: search.1: unknown config key\(s\) rolouts"):
+        load_recipe(a)

@@ -29,6 +29,10 @@ loaded, before any model is touched, and unknown keys are rejected:
   (`rstar_trainer.dpo_config`; true for the defaults, false or left out for off): a step-DPO
   pass from the SFT policy on the round's step pairs (chosen: the continuation that led to a
   correct answer; rejected: to a wrong one), before GRPO; its policy is the round's candidate.
+* `extends: other.yaml` (a path relative to this file): start from that recipe and change
+  only what this file gives; mappings merge key by key (so `search: {1: {reflection: true}}`
+  changes one setting of round 1), anything else replaces. Chains are followed; a cycle is an
+  error. The recipe's name is still this file's. `deploy/configs/evolve/methods/` uses it.
 
 Not here: running anything (`evolve`).
 """
@@ -77,6 +81,7 @@ class BootstrapSpec:
 class EvalSpec:
     gsm8k_file: str = "eval/GSM8K_test.json"
     gsm8k_limit: int = 200
+    # 0: no practice problems in the held-out set.
     practice_per_level: int = 100
     practice_seed: int = 0
     # Greedy decoding: one candidate per step at temperature 0.
@@ -172,6 +177,32 @@ def _baselines(path: Path, data: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(given)
 
 
+def merge_settings(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` applied: nested mappings merge key by key, other values replace."""
+    merged = dict(base)
+    for key, value in changes.items():
+        old = merged.get(key)
+        merged[key] = merge_settings(old, value) if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+    return merged
+
+
+def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe file's mapping with the recipes it `extends` merged under it."""
+    data = read_yaml_mapping(path, what="recipe")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"{path}: extends must name a recipe file, got {base!r}")
+    chain = (*chain, path.resolve())
+    base_path = (path.parent / base).resolve()
+    if base_path in chain:
+        raise ValueError(f"{path}: extends {base} forms a cycle ({' -> '.join(p.name for p in (*chain, base_path))})")
+    if not base_path.is_file():
+        raise ValueError(f"{path}: extends {base}, which is not a file ({base_path})")
+    return merge_settings(_read_recipe(base_path, chain), data)
+
+
 def _build(cls, data: Any, source: str):
     return dataclass_from_mapping(cls, data, source=source)
 
@@ -183,7 +214,7 @@ def load_recipe(path: str | Path) -> EvolveRecipe:
     from rstar_trainer.sft_config import SFTConfig, config_from_mapping as trainer_config
 
     path = Path(path)
-    data = read_yaml_mapping(path, what="recipe")
+    data = _read_recipe(path)
     unknown = sorted(set(data) - _SECTIONS - _MCTSPP_KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}")
@@ -218,6 +249,9 @@ def load_recipe(path: str | Path) -> EvolveRecipe:
         reward_baselines=_baselines(path, data),
         **_mctspp(path, data),
     )
+    spec = recipe.eval
+    if spec.gsm8k_limit < 1 or spec.practice_per_level < 0 or spec.search_limit < 0:
+        raise ValueError(f"{path}: eval needs gsm8k_limit >= 1, practice_per_level >= 0 and search_limit >= 0")
     if recipe.method not in METHODS:
         raise ValueError(f"{path}: method must be one of {', '.join(METHODS)}, got {recipe.method!r}")
     trainer_config(SFTConfig, recipe.sft, source=f"{path}: sft")
