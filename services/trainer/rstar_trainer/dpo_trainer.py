@@ -23,6 +23,7 @@ from typing import Any
 
 from .common import ProgressLog, precision_args, run_metrics, run_training
 from .dpo_config import StepDPOConfig
+from .run_config import bookkeeping_arguments
 from .sft_trainer import load_run
 
 __all__ = ["train_step_dpo"]
@@ -50,15 +51,7 @@ def train_step_dpo(start_model: str | Path, dataset_dir: str | Path, out_dir: st
         # transformers reads a warmup below 1 as a share of the steps (warmup_ratio is deprecated).
         warmup_steps=config.warmup_ratio,
         lr_scheduler_type="cosine",
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to="none",
-        disable_tqdm=not progress_bar,
-        dataloader_num_workers=0,
+        **bookkeeping_arguments(config, progress_bar=progress_bar),
         **precision_args(),
     )
     progress = ProgressLog(run.work, "step-dpo")

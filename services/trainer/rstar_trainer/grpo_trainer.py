@@ -42,6 +42,7 @@ from typing import Any
 
 from .common import ProgressLog, precision_args, run_metrics, run_training
 from .grpo_config import GRPOConfig
+from .run_config import bookkeeping_arguments
 from .sft_trainer import load_run
 
 __all__ = ["REWARD_LOG", "train_grpo"]
@@ -87,15 +88,7 @@ def train_grpo(start_model: str | Path, dataset_dir: str | Path, out_dir: str | 
         # The curriculum's order is the point: read the set as written.
         shuffle_dataset=False,
         lr_scheduler_type="constant",
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to="none",
-        disable_tqdm=not progress_bar,
-        dataloader_num_workers=0,
+        **bookkeeping_arguments(config, progress_bar=progress_bar),
         **precision_args(),
     )
     progress = ProgressLog(work, "grpo")

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from rstar_core.config import dataclass_from_mapping
 
-__all__ = ["RunConfig", "config_from_mapping", "training_arguments"]
+__all__ = ["RunConfig", "bookkeeping_arguments", "config_from_mapping", "training_arguments"]
 
 _POSITIVE_INTS = ("batch_size", "grad_accum", "max_length", "save_steps", "save_total_limit", "logging_steps")
 
@@ -92,12 +92,20 @@ def training_arguments(config: RunConfig, work_dir: str | Path, *, progress_bar:
         "warmup_steps": config.warmup_ratio,
         "weight_decay": config.weight_decay,
         "lr_scheduler_type": config.lr_scheduler,
+        "train_sampling_strategy": "group_by_length" if config.group_by_length else "random",
+        "gradient_checkpointing": config.gradient_checkpointing,
+        **bookkeeping_arguments(config, progress_bar=progress_bar),
+    }
+
+
+def bookkeeping_arguments(config: Any, *, progress_bar: bool) -> dict[str, Any]:
+    """The keywords every trainer's arguments share: checkpoints every `save_steps` (at most
+    `save_total_limit` kept), logging, one seed for model and data, no reporting services."""
+    return {
         "save_strategy": "steps",
         "save_steps": config.save_steps,
         "save_total_limit": config.save_total_limit,
         "logging_steps": config.logging_steps,
-        "train_sampling_strategy": "group_by_length" if config.group_by_length else "random",
-        "gradient_checkpointing": config.gradient_checkpointing,
         "seed": config.seed,
         "data_seed": config.seed,
         "report_to": "none",
