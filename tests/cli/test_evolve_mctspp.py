@@ -137,3 +137,15 @@ def test_the_step_dpo_pass_trains_from_the_sft_policy_on_the_rounds_pairs(evolve
     # A round without pairs keeps its SFT policy and says so.
     assert step_dpo_stage(evolver, 2, sft, {"ppm": None}) is sft
     assert any("step-DPO skipped" in m for m in evolver.messages)
+
+
+def test_a_round_whose_search_found_nothing_correct_trains_nothing(evolver, monkeypatch):
+    # No bootstrap, and round 1's trees (none stored here) hold no correct trajectory: the round
+    # records its data step, trains nothing, says so, and the run goes on (no crash).
+    evolver.store.start_evolve_step("mctspp-test", 1, "search")
+    evolver.store.finish_evolve_step("mctspp-test", 1, "search", {"problems": 3, "any_correct": 0})
+    monkeypatch.setattr(evolver, "_train", lambda *args, **kwargs: pytest.fail("nothing should be trained"))
+    evolver._round(1, {"path": "unused"})
+    data = evolver.store.get_evolve_step("mctspp-test", 1, "data")
+    assert data.state == "done" and data.result["sft"] is None and data.result["ppm"] is None
+    assert any("nothing to train, the models stay" in m for m in evolver.messages)

@@ -120,6 +120,10 @@ class Evolver:
         self._train_and_decide(round, data)
 
     def _train_and_decide(self, round: int, data: dict[str, Any]) -> None:
+        if data["sft"] is None:
+            self.echo(f"round {round}: no correct trajectory in this round or an earlier one: "
+                      "nothing to train, the models stay")
+            return
         policy = self._train(round, "train_sft", self.s.base_model, data["sft"]["path"], self.recipe.sft,
                              parent=self._promoted_version("policy"))
         ppm = None
@@ -273,10 +277,12 @@ class Evolver:
 
             examples, filtered = filter_sft_by_ppm(self, examples)
         sources = {"run": self.s.run, "rounds": list(range(round + 1))}
+        result: dict[str, Any] = {"sft": None, "ppm": None}
+        if not examples:  # nothing correct yet: the round trains nothing (`_round`)
+            return result
         sft = write_sft_dataset(examples, self._dir(round) / "sft_data", round=round, sources=sources,
                                 counts={"before_dedup": sum(len(x) for x in lists), **filtered})
-        result: dict[str, Any] = {"sft": {"path": sft.path, "examples": len(examples),
-                                          "content_hash": sft.content_hash}, "ppm": None}
+        result["sft"] = {"path": sft.path, "examples": len(examples), "content_hash": sft.content_hash}
         if pairs:
             heldout = split_by_problem((p.problem_id for p in pairs), HELDOUT_FRACTION)
             try:
@@ -338,7 +344,7 @@ class Evolver:
         spec = self.recipe.eval
         gsm8k = _load_eval(self.s.data_dir / spec.gsm8k_file, spec.gsm8k_limit)
         practice = [p.problem for p in generate_practice((1, 2, 3, 4, 5), spec.practice_per_level,
-                                                         spec.practice_seed, "heldout")]
+                                                         spec.practice_seed, "heldout")] if spec.practice_per_level else []
         greedy = self.recipe.greedy_config(prompt_format)
         search = self.recipe.eval_search_config(prompt_format=prompt_format, **_initial_values(ppm),
                                                 terminal_reward="ppm" if ppm else "ground_truth")
