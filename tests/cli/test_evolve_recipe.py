@@ -109,3 +109,26 @@ def test_a_bad_extends_is_named(tmp_path):
     a.write_text("extends: b.yaml\nsearch: {1: {rolouts: 2}}\n")
     with pytest.raises(ValueError, match=r"a.yaml: search.1: unknown config key\(s\) rolouts"):
         load_recipe(a)
+
+
+@pytest.mark.parametrize("name", ["marco-step", "marco-step-reflect", "marco-ministep", "marco-ministep-reflect",
+                                  "process-supervision", "mctspp"])
+def test_the_methods_ablation_shares_the_pool_and_held_out_set_of_rstar_math(name):
+    methods = REPO / "deploy" / "configs" / "evolve" / "methods"
+    reference, recipe = load_recipe(methods / "rstar.yaml"), load_recipe(methods / f"{name}.yaml")
+    assert recipe.name == name and (recipe.pool, recipe.eval, recipe.bootstrap) == (
+        reference.pool, reference.eval, reference.bootstrap)
+    assert recipe.promote_tolerance == reference.promote_tolerance == 1.0
+    mine, theirs = recipe.search_config(1), reference.search_config(1)
+    # Sampling and the per-step budget are the same everywhere; the Marco recipes differ only
+    # in what Marco-o1 changes (its values, its node size, reflection and the depth they need).
+    assert (mine.temperature, mine.max_tokens_per_step, mine.rollouts, mine.expansion_width) == (
+        theirs.temperature, theirs.max_tokens_per_step, theirs.rollouts, theirs.expansion_width)
+    if name.startswith("marco"):
+        assert mine.terminal_reward == "confidence" and mine.use_confidence_init and mine.logprobs == 5
+        assert mine.granularity == ("mini-step" if "ministep" in name else "step")
+        assert mine.reflection == name.endswith("reflect")
+    else:
+        assert mine == theirs
+    assert (recipe.method == "process-supervision") == (name == "process-supervision")
+    assert recipe.grpo_enabled == (name == "mctspp")

@@ -540,8 +540,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+# Seconds a command may take to unwind after SIGTERM before it kills its children and exits
+# (vLLM's engine start-up can swallow the interrupt and then wait ten minutes for an engine
+# that will never answer).
+TERM_GRACE_S = float(os.environ.get("RSTAR_TERM_GRACE_S", "60"))
+_watchdog: Any = None
+
+
 def _interrupt(signum, frame) -> None:
+    global _watchdog
+    if _watchdog is None:
+        import threading
+
+        _watchdog = threading.Timer(TERM_GRACE_S, _force_exit, args=(signum,))
+        _watchdog.daemon = True
+        _watchdog.start()
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _force_exit(signum: int) -> None:
+    """The command did not unwind within the grace: kill every child process, exit 128 + signum."""
+    import psutil
+
+    print(f"rstar: still running {TERM_GRACE_S:.0f} s after signal {signum}: killing its child processes "
+          "and exiting", file=sys.stderr, flush=True)
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(children, timeout=10)
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":
