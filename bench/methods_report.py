@@ -60,6 +60,8 @@ def collect(methods: list[str]) -> dict[str, Any]:
     for method in methods:
         table = rounds_table(runs[method])
         trained = [row for row in table if row["round"] != "base"]
+        evaluated = {row["round"] for row in trained}
+        idle = sorted(s.round for s in runs[method] if s.step == "data" and s.state == "done" and s.round not in evaluated)
         if not trained:
             failed = [f"{s.round}:{s.step}: {s.error}" for s in runs[method] if s.state == "failed"]
             unfinished.append({"method": method, "failed": failed})
@@ -82,10 +84,29 @@ def collect(methods: list[str]) -> dict[str, Any]:
                 "pool_solved": search.get("any_correct"),
                 "search_tokens": search.get("tokens"),
                 "trained_on": row["sft_examples"] if row["process_steps"] is None else row["process_steps"],
-                "trained_on_kind": "SFT trajectories" if row["process_steps"] is None else "scored steps",
+                "trained_on_kind": _trained_on_kind(runs[method], row),
                 "search_s": row["search_s"], "train_s": row["train_s"], "eval_s": row["eval_s"],
             })
+        for idle_round in idle:  # a round whose search gave nothing to train on: its policy stayed
+            search = _search(runs[method], idle_round)
+            rows.append({"method": method, "label": LABELS.get(method, method), "iteration": idle_round, "policy": None,
+                         "heldout": None, "vs_rstar_round1": None, "pool_problems": search.get("problems"),
+                         "pool_solved": search.get("any_correct"), "search_tokens": search.get("tokens"),
+                         "trained_on": 0, "trained_on_kind": "(nothing to train: the policy stayed)",
+                         "search_s": search.get("wall_s", 0.0), "train_s": 0.0, "eval_s": 0.0})
     return {"rows": rows, "unfinished": unfinished}
+
+
+def _trained_on_kind(steps: list[Any], row: dict[str, Any]) -> str:
+    """What the round's count counts, and the GRPO stage's prompts where there was one."""
+    if row["process_steps"] is not None:
+        return "scored steps"
+    kind = "SFT trajectory" if row["sft_examples"] == 1 else "SFT trajectories"
+    for step in steps:
+        if step.state == "done" and step.step == "train_grpo" and step.round == row["round"]:
+            metrics = step.result.get("metrics", {})
+            kind += f" + GRPO on {metrics.get('prompts')} prompts × {metrics.get('group_size')} samples"
+    return kind
 
 
 def _search(steps: list[Any], round: Any) -> dict[str, Any]:
@@ -101,8 +122,9 @@ def render(report: dict[str, Any]) -> str:
             "p vs base", "vs rStar-Math r1 (+/−, p)", "search s", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report["rows"]:
-        acc = row["heldout"]
-        cell = f"{100 * acc['rate']:.1f} ({acc['correct']}/{acc['n']}) [{100 * acc['low']:.1f}–{100 * acc['high']:.1f}]"
+        acc = row["heldout"] or {}
+        cell = (f"{100 * acc['rate']:.1f} ({acc['correct']}/{acc['n']}) [{100 * acc['low']:.1f}–{100 * acc['high']:.1f}]"
+                if acc else "–")
         p = acc.get("p_vs_base")
         ref = row["vs_rstar_round1"]
         lines.append("| " + " | ".join([
