@@ -45,56 +45,48 @@ promote: {tolerance: 1.0}
 
 @pytest.mark.timeout(1800)
 def test_an_mctspp_run_trains_sft_then_dpo_then_grpo_and_promotes_the_grpo_policy(model_dir, data_dir, tmp_path,
-                                                                                   monkeypatch):
+                                                                                  evolve_store, monkeypatch):
     from datasets import load_from_disk
 
     from rstar_cli.evolve import EvolveSettings, Evolver
     from rstar_cli.evolve_recipe import load_recipe
     from rstar_cli.rounds import rounds_table
-    from rstar_models.registry import ModelRegistry
-    from rstar_store import Store, migrate
 
     monkeypatch.setenv("RSTAR_CPU_KVCACHE_GIB", "2")
     (tmp_path / "mctspp.yaml").write_text(RECIPE)
-    url = f"sqlite:///{tmp_path / 'rstar.db'}"
-    migrate(url)
-    store = Store.from_url(url)
+    store, registry = evolve_store
     lines: list[str] = []
-    try:
-        registry = ModelRegistry(tmp_path / "store", store)
-        settings = EvolveSettings(run="pp", pool_file=data_dir / "train" / "problem_pool.jsonl",
-                                  recipe=load_recipe(tmp_path / "mctspp.yaml"), rounds=1, work_dir=tmp_path / "work",
-                                  data_dir=data_dir, base_model=model_dir)
-        Evolver(settings, store, registry, echo=lines.append).run()
-        steps = {(s.round, s.step): s for s in store.list_evolve_steps("pp")}
-        assert all(s.state == "done" for s in steps.values()), {k: (s.state, s.error) for k, s in steps.items()}
-        for round in (0, 1):
-            sft = steps[round, "train_sft"].result
-            dpo = steps.get((round, "train_dpo"))
-            pairs = (steps[round, "data"].result.get("ppm") or {}).get("pairs", 0)
-            # Step-DPO runs exactly when the round's trees gave step pairs (round 0 has no trees).
-            assert (dpo is not None) == (round == 1 and pairs > 0), (round, pairs, lines)
-            start = dpo.result if dpo else sft
-            grpo = steps[round, "train_grpo"].result
-            version = store.get_model_version(grpo["version"])
-            assert version.kind == "policy" and version.round == round and version.parent == start["version"]
-            assert version.metrics["step"] == "train_grpo" and Path(version.path, "model.safetensors").is_file()
-            assert grpo["metrics"]["steps"] == 2
-            # The curriculum: steps * prompts_per_step prompts from the pool, each with its bucket.
-            data = load_from_disk(steps[round, "grpo_data"].result["path"])
-            assert len(data) == 2 and set(data["bucket"]) <= {"easy", "medium", "hard", "unknown"}
-            # The candidate that was evaluated and promoted is the GRPO policy.
-            assert steps[round, "evaluate"].result["policy"] == grpo["path"]
-            assert steps[round, "decide"].result["policy"] == grpo["version"]
-        assert store.promoted_model("policy").version == steps[1, "train_grpo"].result["version"]
-        # Round 1's curriculum knows round 1's trees: no pool problem is left "unknown".
-        assert "unknown" not in set(load_from_disk(steps[1, "grpo_data"].result["path"])["bucket"])
-        table = rounds_table(store.list_evolve_steps("pp"))
-        assert [row["round"] for row in table] == ["base", 0, 1]
-        assert table[2]["policy"] == steps[1, "train_grpo"].result["version"]
+    settings = EvolveSettings(run="pp", pool_file=data_dir / "train" / "problem_pool.jsonl",
+                              recipe=load_recipe(tmp_path / "mctspp.yaml"), rounds=1, work_dir=tmp_path / "work",
+                              data_dir=data_dir, base_model=model_dir)
+    Evolver(settings, store, registry, echo=lines.append).run()
+    steps = {(s.round, s.step): s for s in store.list_evolve_steps("pp")}
+    assert all(s.state == "done" for s in steps.values()), {k: (s.state, s.error) for k, s in steps.items()}
+    for round in (0, 1):
+        sft = steps[round, "train_sft"].result
+        dpo = steps.get((round, "train_dpo"))
+        pairs = (steps[round, "data"].result.get("ppm") or {}).get("pairs", 0)
+        # Step-DPO runs exactly when the round's trees gave step pairs (round 0 has no trees).
+        assert (dpo is not None) == (round == 1 and pairs > 0), (round, pairs, lines)
+        start = dpo.result if dpo else sft
+        grpo = steps[round, "train_grpo"].result
+        version = store.get_model_version(grpo["version"])
+        assert version.kind == "policy" and version.round == round and version.parent == start["version"]
+        assert version.metrics["step"] == "train_grpo" and Path(version.path, "model.safetensors").is_file()
+        assert grpo["metrics"]["steps"] == 2
+        # The curriculum: steps * prompts_per_step prompts from the pool, each with its bucket.
+        data = load_from_disk(steps[round, "grpo_data"].result["path"])
+        assert len(data) == 2 and set(data["bucket"]) <= {"easy", "medium", "hard", "unknown"}
+        # The candidate that was evaluated and promoted is the GRPO policy.
+        assert steps[round, "evaluate"].result["policy"] == grpo["path"]
+        assert steps[round, "decide"].result["policy"] == grpo["version"]
+    assert store.promoted_model("policy").version == steps[1, "train_grpo"].result["version"]
+    # Round 1's curriculum knows round 1's trees: no pool problem is left "unknown".
+    assert "unknown" not in set(load_from_disk(steps[1, "grpo_data"].result["path"])["bucket"])
+    table = rounds_table(store.list_evolve_steps("pp"))
+    assert [row["round"] for row in table] == ["base", 0, 1]
+    assert table[2]["policy"] == steps[1, "train_grpo"].result["version"]
 
-        lines.clear()
-        Evolver(settings, store, registry, echo=lines.append).run()
-        assert not any(line.endswith(" ...") for line in lines), lines
-    finally:
-        store.close()
+    lines.clear()
+    Evolver(settings, store, registry, echo=lines.append).run()
+    assert not any(line.endswith(" ...") for line in lines), lines

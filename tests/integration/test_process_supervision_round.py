@@ -41,64 +41,56 @@ promote: {tolerance: 1.0}
 
 @pytest.mark.timeout(1800)
 def test_a_process_supervision_round_walks_trains_registers_and_evaluates(model_dir, data_dir, tmp_path,
-                                                                          monkeypatch):
+                                                                          evolve_store, monkeypatch):
     from datasets import load_from_disk
 
     from rstar_cli.evolve import EvolveSettings, Evolver
     from rstar_cli.evolve_recipe import load_recipe
     from rstar_cli.rounds import render_markdown, rounds_table
-    from rstar_models.registry import ModelRegistry
-    from rstar_store import Store, migrate
 
     monkeypatch.setenv("RSTAR_CPU_KVCACHE_GIB", "2")
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in POOL))
     (tmp_path / "ps.yaml").write_text(RECIPE)
-    url = f"sqlite:///{tmp_path / 'rstar.db'}"
-    migrate(url)
-    store = Store.from_url(url)
+    store, registry = evolve_store
     lines: list[str] = []
-    try:
-        registry = ModelRegistry(tmp_path / "store", store)
-        settings = EvolveSettings(run="ps", pool_file=pool, recipe=load_recipe(tmp_path / "ps.yaml"), rounds=1,
-                                  work_dir=tmp_path / "work", data_dir=data_dir, base_model=model_dir)
-        Evolver(settings, store, registry, echo=lines.append).run()
-        steps = {(s.round, s.step): s for s in store.list_evolve_steps("ps")}
-        assert all(s.state == "done" for s in steps.values()), {k: (s.state, s.error) for k, s in steps.items()}
-        walk = steps[1, "search"].result
-        assert walk["problems"] == 2 and walk["failed"] == 0 and walk["policy"] == model_dir
-        assert walk["policy_version"] is None and walk["searches"] >= 2
-        if not walk["examples"]:
-            pytest.skip(f"the base model's walks scored no step this time: {walk['ended']}")
-        assert (1, "bootstrap") not in steps and (0, "train_sft") not in steps
+    settings = EvolveSettings(run="ps", pool_file=pool, recipe=load_recipe(tmp_path / "ps.yaml"), rounds=1,
+                              work_dir=tmp_path / "work", data_dir=data_dir, base_model=model_dir)
+    Evolver(settings, store, registry, echo=lines.append).run()
+    steps = {(s.round, s.step): s for s in store.list_evolve_steps("ps")}
+    assert all(s.state == "done" for s in steps.values()), {k: (s.state, s.error) for k, s in steps.items()}
+    walk = steps[1, "search"].result
+    assert walk["problems"] == 2 and walk["failed"] == 0 and walk["policy"] == model_dir
+    assert walk["policy_version"] is None and walk["searches"] >= 2
+    if not walk["examples"]:
+        pytest.skip(f"the base model's walks scored no step this time: {walk['ended']}")
+    assert (1, "bootstrap") not in steps and (0, "train_sft") not in steps
 
-        data = steps[1, "data"].result["process"]
-        rows = load_from_disk(data["path"])
-        assert len(rows) == data["examples"] == walk["examples"]
-        assert all(r["score"] != 0 and r["prompt"].endswith("\n") for r in rows)
+    data = steps[1, "data"].result["process"]
+    rows = load_from_disk(data["path"])
+    assert len(rows) == data["examples"] == walk["examples"]
+    assert all(r["score"] != 0 and r["prompt"].endswith("\n") for r in rows)
 
-        trained = steps[1, "train_process"].result
-        version = store.get_model_version(trained["version"])
-        assert version.kind == "policy" and version.round == 1 and version.run == "ps" and version.parent is None
-        assert Path(version.path, "model.safetensors").is_file()
-        metrics = trained["metrics"]
-        assert metrics["kind"] == "process" and metrics["steps"] == 1 and metrics["beta"] == 0.1
-        assert math.isfinite(metrics["weighted_nll"]) and metrics["kl"] >= 0
-        assert json.loads(Path(version.path, "rstar_training.json").read_text())["base_model"] == model_dir
+    trained = steps[1, "train_process"].result
+    version = store.get_model_version(trained["version"])
+    assert version.kind == "policy" and version.round == 1 and version.run == "ps" and version.parent is None
+    assert Path(version.path, "model.safetensors").is_file()
+    metrics = trained["metrics"]
+    assert metrics["kind"] == "process" and metrics["steps"] == 1 and metrics["beta"] == 0.1
+    assert math.isfinite(metrics["weighted_nll"]) and metrics["kl"] >= 0
+    assert json.loads(Path(version.path, "rstar_training.json").read_text())["base_model"] == model_dir
 
-        evaluation = steps[1, "evaluate"].result
-        assert evaluation["policy"] == trained["path"] and evaluation["prompt_format"] == "sft"
-        assert steps[1, "decide"].result["promoted"] is True
-        assert store.promoted_model("policy").version == trained["version"]
+    evaluation = steps[1, "evaluate"].result
+    assert evaluation["policy"] == trained["path"] and evaluation["prompt_format"] == "sft"
+    assert steps[1, "decide"].result["promoted"] is True
+    assert store.promoted_model("policy").version == trained["version"]
 
-        table = rounds_table(store.list_evolve_steps("ps"))
-        assert [row["round"] for row in table] == ["base", 1]
-        assert table[1]["policy"] == trained["version"] and table[1]["process_steps"] == walk["examples"]
-        assert table[1]["kl"] == metrics["kl"] and "| KL |" in render_markdown(table)
+    table = rounds_table(store.list_evolve_steps("ps"))
+    assert [row["round"] for row in table] == ["base", 1]
+    assert table[1]["policy"] == trained["version"] and table[1]["process_steps"] == walk["examples"]
+    assert table[1]["kl"] == metrics["kl"] and "| KL |" in render_markdown(table)
 
-        # Running again resumes a finished run: nothing is redone.
-        lines.clear()
-        Evolver(settings, store, registry, echo=lines.append).run()
-        assert not any(line.endswith(" ...") for line in lines), lines
-    finally:
-        store.close()
+    # Running again resumes a finished run: nothing is redone.
+    lines.clear()
+    Evolver(settings, store, registry, echo=lines.append).run()
+    assert not any(line.endswith(" ...") for line in lines), lines
