@@ -132,3 +132,11 @@ def test_the_methods_ablation_shares_the_pool_and_held_out_set_of_rstar_math(nam
         assert mine == theirs
     assert (recipe.method == "process-supervision") == (name == "process-supervision")
     assert recipe.grpo_enabled == (name == "mctspp")
+
+
+def test_the_matched_token_reference_only_searches_longer():
+    methods = REPO / "deploy" / "configs" / "evolve" / "methods"
+    reference, longer = load_recipe(methods / "rstar.yaml"), load_recipe(methods / "rstar-3x.yaml")
+    assert longer.search_config(1) == reference.search_config(1).replace(rollouts=11)
+    assert (longer.pool, longer.eval, longer.sft, longer.ppm) == (reference.pool, reference.eval, reference.sft,
+                                                                  reference.ppm)

@@ -13,7 +13,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# Easy questions: the 135M model answers some right and some wrong, so steps get scores.
+# Easy questions and two practice problems, 6 rollouts per prefix: a step scores only where the
+# 135M model answers one prefix's continuations both right and wrong (with 2 problems and 3
+# rollouts the walks scored nothing in most runs).
 POOL = [{"id": f"easy{i}", "question": q, "answer": a, "source": "GSM8K"} for i, (q, a) in enumerate([
     ("Tom has 2 apples and buys 3 more. How many apples does Tom have?", "5"),
     ("A box holds 4 pens. How many pens are in 2 boxes?", "8"),
@@ -21,20 +23,18 @@ POOL = [{"id": f"easy{i}", "question": q, "answer": a, "source": "GSM8K"} for i,
 
 RECIPE = """
 method: process-supervision
-pool: {sources: [GSM8K], limit: 2}
+pool: {sources: [GSM8K], limit: 2, practice: {levels: [1, 2], n_per_level: 1, seed: 1}}
 search:
-  1: {expansion_width: 3, rollouts: 3, max_depth: 4, temperature: 1.0, max_tokens_per_step: 64,
+  1: {expansion_width: 3, rollouts: 6, max_depth: 4, temperature: 1.0, max_tokens_per_step: 64,
       errors_threshold: 1, parallel_rollouts: 2, concurrent_problems: 4}
 process: {alpha: 1.0, beta: 0.1, learning_rate: 1.0e-4, max_steps: 1, batch_size: 2, grad_accum: 1,
           max_length: 384, save_steps: 1, threads: 2}
 eval:
   gsm8k_limit: 2
-  practice_per_level: 1
+  practice_per_level: 0
   greedy_max_depth: 4
   greedy_max_tokens_per_step: 64
-  search_limit: 1
-  search: {expansion_width: 2, rollouts: 1, max_depth: 4, temperature: 0.8, max_tokens_per_step: 64,
-           errors_threshold: 1, parallel_rollouts: 1, concurrent_problems: 4}
+  search_limit: 0
 promote: {tolerance: 1.0}
 """
 
@@ -60,7 +60,7 @@ def test_a_process_supervision_round_walks_trains_registers_and_evaluates(model_
     steps = {(s.round, s.step): s for s in store.list_evolve_steps("ps")}
     assert all(s.state == "done" for s in steps.values()), {k: (s.state, s.error) for k, s in steps.items()}
     walk = steps[1, "search"].result
-    assert walk["problems"] == 2 and walk["failed"] == 0 and walk["policy"] == model_dir
+    assert walk["problems"] == 4 and walk["failed"] == 0 and walk["policy"] == model_dir
     assert walk["policy_version"] is None and walk["searches"] >= 2
     if not walk["examples"]:
         pytest.skip(f"the base model's walks scored no step this time: {walk['ended']}")
