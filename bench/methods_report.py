@@ -28,7 +28,7 @@ from rstar_core.stats import Accuracy, paired_test
 REFERENCE = "rstar"  # the method every other row is compared with, round 1
 LABELS = {
     "rstar": "rStar-Math (MCTS, terminal-guided, SFT + PPM)",
-    "rstar-3x": "rStar-Math, 11 rollouts (the token spend of process supervision)",
+    "rstar-3x": "rStar-Math, 11 rollouts (the token spend of reflection)",
     "marco-step": "Marco-o1 search, confidence reward, step",
     "marco-step-reflect": "Marco-o1 search, confidence reward, step + reflection",
     "marco-ministep": "Marco-o1 search, confidence reward, 32-token mini-step",
