@@ -8,7 +8,8 @@ found, what the trainer got, and its greedy accuracy on the held-out GSM8K items
 (exact McNemar test, `rstar_core.stats.paired_test`). It runs nothing; a run that has not
 finished a round yet is listed as such.
 
-    .venv/bin/python bench/methods_report.py --methods rstar marco-step ... --md docs/methods.md --json docs/methods.json
+    .venv/bin/python bench/methods_report.py --methods rstar marco-step ... --md runs/methods/methods_table.md \
+        --json docs/methods.json
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from rstar_cli.main import _open_store
 from rstar_cli.rounds import rounds_table
-from rstar_core.stats import Accuracy, paired_test
+from rstar_core.stats import paired_test
 
 REFERENCE = "rstar"  # the method every other row is compared with, round 1
 LABELS = {
@@ -73,28 +74,22 @@ def collect(methods: list[str]) -> dict[str, Any]:
             if reference is not None and len(reference) == len(mine) and not (method == REFERENCE and row["round"] == 1):
                 test = paired_test(mine, reference)
                 vs_reference = {"p": round(test.p_value, 4), "only_this": test.a_only, "only_reference": test.b_only}
-            search = _search(runs[method], row["round"])
+            base = row["round"] == "base"
             rows.append({
-                "method": method if row["round"] != "base" else "base",
-                "label": LABELS.get(method, method) if row["round"] != "base" else "base model (SmolLM2-135M-Instruct)",
-                "iteration": row["round"],
+                **_searched(method, row["round"], runs[method]),
+                "method": "base" if base else method,
+                "label": "base model (SmolLM2-135M-Instruct)" if base else LABELS.get(method, method),
                 "policy": row["policy"],
                 "heldout": row["heldout_accuracy"],
                 "vs_rstar_round1": vs_reference,
-                "pool_problems": search.get("problems"),
-                "pool_solved": search.get("any_correct"),
-                "search_tokens": search.get("tokens"),
                 "trained_on": row["sft_examples"] if row["process_steps"] is None else row["process_steps"],
                 "trained_on_kind": _trained_on_kind(runs[method], row),
                 "search_s": row["search_s"], "train_s": row["train_s"], "eval_s": row["eval_s"],
             })
         for idle_round in idle:  # a round whose search gave nothing to train on: its policy stayed
-            search = _search(runs[method], idle_round)
-            rows.append({"method": method, "label": LABELS.get(method, method), "iteration": idle_round, "policy": None,
-                         "heldout": None, "vs_rstar_round1": None, "pool_problems": search.get("problems"),
-                         "pool_solved": search.get("any_correct"), "search_tokens": search.get("tokens"),
-                         "trained_on": 0, "trained_on_kind": "(nothing to train: the policy stayed)",
-                         "search_s": search.get("wall_s", 0.0), "train_s": 0.0, "eval_s": 0.0})
+            rows.append({**_searched(method, idle_round, runs[method]), "policy": None, "heldout": None,
+                         "vs_rstar_round1": None, "trained_on": 0,
+                         "trained_on_kind": "(nothing to train: the policy stayed)", "train_s": 0.0, "eval_s": 0.0})
     return {"rows": rows, "unfinished": unfinished}
 
 
@@ -110,12 +105,12 @@ def _trained_on_kind(steps: list[Any], row: dict[str, Any]) -> str:
     return kind
 
 
-def _search(steps: list[Any], round: Any) -> dict[str, Any]:
-    """The round's search (or process-supervision walk) result: problems, tokens, any_correct."""
-    for step in steps:
-        if step.state == "done" and step.step == "search" and step.round == round:
-            return step.result
-    return {}
+def _searched(method: str, round: Any, steps: list[Any]) -> dict[str, Any]:
+    """A row's method, iteration and what the round's search (or process-supervision walk) did."""
+    search = next((s.result for s in steps if s.state == "done" and s.step == "search" and s.round == round), {})
+    return {"method": method, "label": LABELS.get(method, method), "iteration": round,
+            "pool_problems": search.get("problems"), "pool_solved": search.get("any_correct"),
+            "search_tokens": search.get("tokens"), "search_s": search.get("wall_s", 0.0)}
 
 
 def render(report: dict[str, Any]) -> str:

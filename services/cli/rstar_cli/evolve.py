@@ -278,7 +278,7 @@ class Evolver:
             examples, filtered = filter_sft_by_ppm(self, examples)
         sources = {"run": self.s.run, "rounds": list(range(round + 1))}
         result: dict[str, Any] = {"sft": None, "ppm": None}
-        if not examples:  # nothing correct yet: the round trains nothing (`_round`)
+        if not examples:  # nothing correct yet: the round trains nothing (`_train_and_decide`)
             return result
         sft = write_sft_dataset(examples, self._dir(round) / "sft_data", round=round, sources=sources,
                                 counts={"before_dedup": sum(len(x) for x in lists), **filtered})
