@@ -44,24 +44,13 @@ promote: {tolerance: 1.0}
 
 
 @pytest.mark.timeout(1800)
-def test_an_mctspp_run_trains_sft_then_dpo_then_grpo_and_promotes_the_grpo_policy(model_dir, data_dir, tmp_path,
-                                                                                  evolve_store, monkeypatch):
+def test_an_mctspp_run_trains_sft_then_dpo_then_grpo_and_promotes_the_grpo_policy(data_dir, evolve_run):
     from datasets import load_from_disk
 
-    from rstar_cli.evolve import EvolveSettings, Evolver
-    from rstar_cli.evolve_recipe import load_recipe
     from rstar_cli.rounds import rounds_table
 
-    monkeypatch.setenv("RSTAR_CPU_KVCACHE_GIB", "2")
-    (tmp_path / "mctspp.yaml").write_text(RECIPE)
-    store, registry = evolve_store
-    lines: list[str] = []
-    settings = EvolveSettings(run="pp", pool_file=data_dir / "train" / "problem_pool.jsonl",
-                              recipe=load_recipe(tmp_path / "mctspp.yaml"), rounds=1, work_dir=tmp_path / "work",
-                              data_dir=data_dir, base_model=model_dir)
-    Evolver(settings, store, registry, echo=lines.append).run()
-    steps = {(s.round, s.step): s for s in store.list_evolve_steps("pp")}
-    assert all(s.state == "done" for s in steps.values()), {k: (s.state, s.error) for k, s in steps.items()}
+    run = evolve_run(RECIPE, "pp", data_dir / "train" / "problem_pool.jsonl")
+    store, steps, lines = run.store, run.steps(), run.lines
     for round in (0, 1):
         sft = steps[round, "train_sft"].result
         dpo = steps.get((round, "train_dpo"))
@@ -87,6 +76,5 @@ def test_an_mctspp_run_trains_sft_then_dpo_then_grpo_and_promotes_the_grpo_polic
     assert [row["round"] for row in table] == ["base", 0, 1]
     assert table[2]["policy"] == steps[1, "train_grpo"].result["version"]
 
-    lines.clear()
-    Evolver(settings, store, registry, echo=lines.append).run()
+    lines = run.run()
     assert not any(line.endswith(" ...") for line in lines), lines

@@ -40,25 +40,15 @@ promote: {tolerance: 1.0}
 
 
 @pytest.mark.timeout(1800)
-def test_a_process_supervision_round_walks_trains_registers_and_evaluates(model_dir, data_dir, tmp_path,
-                                                                          evolve_store, monkeypatch):
+def test_a_process_supervision_round_walks_trains_registers_and_evaluates(model_dir, tmp_path, evolve_run):
     from datasets import load_from_disk
 
-    from rstar_cli.evolve import EvolveSettings, Evolver
-    from rstar_cli.evolve_recipe import load_recipe
     from rstar_cli.rounds import render_markdown, rounds_table
 
-    monkeypatch.setenv("RSTAR_CPU_KVCACHE_GIB", "2")
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in POOL))
-    (tmp_path / "ps.yaml").write_text(RECIPE)
-    store, registry = evolve_store
-    lines: list[str] = []
-    settings = EvolveSettings(run="ps", pool_file=pool, recipe=load_recipe(tmp_path / "ps.yaml"), rounds=1,
-                              work_dir=tmp_path / "work", data_dir=data_dir, base_model=model_dir)
-    Evolver(settings, store, registry, echo=lines.append).run()
-    steps = {(s.round, s.step): s for s in store.list_evolve_steps("ps")}
-    assert all(s.state == "done" for s in steps.values()), {k: (s.state, s.error) for k, s in steps.items()}
+    run = evolve_run(RECIPE, "ps", pool)
+    store, steps = run.store, run.steps()
     walk = steps[1, "search"].result
     assert walk["problems"] == 4 and walk["failed"] == 0 and walk["policy"] == model_dir
     assert walk["policy_version"] is None and walk["searches"] >= 2
@@ -91,6 +81,5 @@ def test_a_process_supervision_round_walks_trains_registers_and_evaluates(model_
     assert table[1]["kl"] == metrics["kl"] and "| KL |" in render_markdown(table)
 
     # Running again resumes a finished run: nothing is redone.
-    lines.clear()
-    Evolver(settings, store, registry, echo=lines.append).run()
+    lines = run.run()
     assert not any(line.endswith(" ...") for line in lines), lines
