@@ -5,7 +5,7 @@ import pytest
 
 from fakes import FixedReward, InlineExecutor, ScriptedPolicy
 from rstar_core.config import SearchConfig
-from rstar_core.mcts import MCTS, pick_answer
+from rstar_core.mcts import MCTS, each_bounded, pick_answer
 from rstar_core.mcts.search import _Pending
 from rstar_core.steps import OUTPUT_STOP
 from rstar_core.types import Node, NodeKind, Problem, TerminalReason, Tree
@@ -167,6 +167,49 @@ def test_search_many_runs_problems_concurrently():
     results = run(go())
     assert sorted(i for i, _ in results) == list(range(6))
     assert policy.max_in_flight >= 6
+
+
+def test_each_bounded_keeps_to_its_limit_yields_failures_and_cancels_what_is_left():
+    problems = [Problem(QUESTION, None, id=str(i)) for i in range(6)]
+    running, peak, cancelled = set(), [0], []
+
+    async def work(problem):
+        running.add(problem.id)
+        peak[0] = max(peak[0], len(running))
+        try:
+            await asyncio.sleep(0.01 * (1 + int(problem.id) % 3))
+            if problem.id == "4":
+                raise RuntimeError("boom")
+            return problem.id
+        except asyncio.CancelledError:
+            cancelled.append(problem.id)
+            raise
+        finally:
+            running.discard(problem.id)
+
+    async def every():
+        return [r async for r in each_bounded(problems, work, 2, what="test")]
+
+    results = dict(run(every()))
+    assert peak[0] == 2 and sorted(results) == list(range(6))
+    assert isinstance(results[4], RuntimeError) and all(results[i] == str(i) for i in range(6) if i != 4)
+
+    async def raising():
+        return [r async for r in each_bounded(problems, work, 6, what="test", return_exceptions=False)]
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run(raising())
+
+    async def first_only():
+        cancelled.clear()
+        results = each_bounded(problems, work, 6, what="test")
+        async for i, _ in results:
+            break
+        await results.aclose()
+        return i
+
+    run(first_only())
+    assert cancelled and not running
 
 
 def test_ppm_initial_values_for_new_nodes():

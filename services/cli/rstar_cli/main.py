@@ -507,13 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--force", action="store_true")
     prepare.set_defaults(func=cmd_models_prepare)
     from .data_cmd import add_data_parser
+    from .eval_cmd import add_eval_parser
     from .evolve_cmd import add_evolve_parsers
     from .models_cmd import add_models_subcommands
+    from .report import add_report_parser
 
     add_models_subcommands(models_sub)
     add_evolve_parsers(sub)
-    from .eval_cmd import add_eval_parser; add_eval_parser(sub)  # noqa: E702
-    from .report import add_report_parser; add_report_parser(sub)  # noqa: E702
+    add_eval_parser(sub)
+    add_report_parser(sub)
     add_data_parser(sub)
     return parser
 

@@ -31,20 +31,17 @@ and the caller refuses them for this method. Not here: the dataset files
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 # The same problem ids as every other training set (a hash of the question where there is none).
 from .curation import _problem_id as problem_key
-from .mcts import MCTS
+from .mcts import MCTS, each_bounded
 from .types import Node, NodeKind, Problem, TerminalReason, Tree
 
 __all__ = ["ProcessExample", "StepScore", "WalkResult", "best_step", "prefix_search", "relative_correctness", "walk",
            "walk_many"]
 
-log = logging.getLogger(__name__)
 
 # A search rooted at a prefix: (problem, the prefix's nodes, index of the prefix) -> (tree, root of the search).
 PrefixSearch = Callable[[Problem, Sequence[Node], int], Awaitable[tuple[Tree, Node]]]
@@ -165,7 +162,7 @@ def prefix_search(mcts: MCTS, *, seed_offset: int = 0) -> PrefixSearch:
     return search
 
 
-async def walk_many(mcts: MCTS, problems: Sequence[Problem], *, alpha: float, round: int,
+def walk_many(mcts: MCTS, problems: Sequence[Problem], *, alpha: float, round: int,
                     max_steps: int | None = None) -> AsyncIterator[tuple[int, WalkResult | Exception]]:
     """Walk every problem (`config.concurrent_problems` at once); yields (index, result or the
     exception that ended that problem's walk) as each finishes."""
@@ -173,22 +170,10 @@ async def walk_many(mcts: MCTS, problems: Sequence[Problem], *, alpha: float, ro
     if config.granularity != "step" or config.reflection:
         raise ValueError("process supervision scores whole steps: use granularity 'step' without reflection")
     steps = max_steps if max_steps is not None else config.max_depth
-    gate = asyncio.Semaphore(config.concurrent_problems)
     search = prefix_search(mcts)
 
-    async def one(i: int, problem: Problem) -> tuple[int, WalkResult | Exception]:
-        async with gate:
-            try:
-                return i, await walk(search, problem, alpha=alpha, round=round, max_steps=steps)
-            except Exception as exc:  # one problem's failure must not end the others' walks
-                log.exception("process-supervision walk of problem %s failed", problem.id)
-                return i, exc
+    async def one(problem: Problem) -> WalkResult:
+        return await walk(search, problem, alpha=alpha, round=round, max_steps=steps)
 
-    tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(problems)]
-    try:
-        for fut in asyncio.as_completed(tasks):
-            yield await fut
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    # One problem's failure must not end the others' walks.
+    return each_bounded(problems, one, config.concurrent_problems, what="process-supervision walk")

@@ -65,7 +65,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from ..config import SearchConfig
 from ..confidence import path_confidence
@@ -75,7 +75,7 @@ from ..steps import (REFLECTION_PROMPT, ParsedStep, StepKind, accumulate_code, g
                      split_pending)
 from ..types import Node, NodeKind, Problem, TerminalReason, Tree
 
-__all__ = ["MCTS", "SearchResult", "pick_answer", "pick_terminal"]
+__all__ = ["MCTS", "SearchResult", "each_bounded", "pick_answer", "pick_terminal"]
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class MCTS:
             correct = answer is not None and await asyncio.to_thread(self.grader, answer, problem.answer)
         return SearchResult(tree, answer, correct, _any_correct(tree), wall)
 
-    async def search_many(
+    def search_many(
         self, problems: Sequence[Problem], *, return_exceptions: bool = False
     ) -> AsyncIterator[tuple[int, SearchResult | Exception]]:
         """Search many problems at once; yields (index, result) as each finishes.
@@ -196,24 +196,8 @@ class MCTS:
         With `return_exceptions`, a problem whose search raised yields the exception
         instead of ending the whole batch.
         """
-        gate = asyncio.Semaphore(self.config.concurrent_problems)
-
-        async def one(i: int, problem: Problem) -> tuple[int, SearchResult | Exception]:
-            async with gate:
-                try:
-                    return i, await self.search(problem)
-                except Exception as exc:
-                    if not return_exceptions:
-                        raise
-                    log.exception("search of problem %s failed", problem.id)
-                    return i, exc
-
-        tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(problems)]
-        try:
-            for fut in asyncio.as_completed(tasks):
-                yield await fut
-        finally:
-            await _cancel_all(tasks)
+        return each_bounded(problems, self.search, self.config.concurrent_problems, what="search",
+                            return_exceptions=return_exceptions)
 
     async def run_rollouts(self, tree: Tree, count: int, *, seed_offset: int = 0, start: Node | None = None) -> None:
         """`count` rollouts from `start` (default: the root). A later node of the tree is the
@@ -505,6 +489,33 @@ class MCTS:
         if self.reward is not None:
             versions["reward"] = self.reward.model_version
         return versions
+
+
+async def each_bounded(problems: Sequence[Problem], work: Callable[[Problem], Awaitable[Any]], limit: int, *,
+                       what: str, return_exceptions: bool = True) -> AsyncIterator[tuple[int, Any]]:
+    """`work(problem)` for every problem, `limit` at once; yields (index, result) as each finishes.
+
+    With `return_exceptions`, a problem whose work raised yields the exception (logged with
+    `what`) instead of ending the others'; leaving the loop early cancels what still runs.
+    """
+    gate = asyncio.Semaphore(limit)
+
+    async def one(i: int, problem: Problem) -> tuple[int, Any]:
+        async with gate:
+            try:
+                return i, await work(problem)
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                log.exception("%s of problem %s failed", what, problem.id)
+                return i, exc
+
+    tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(problems)]
+    try:
+        for fut in asyncio.as_completed(tasks):
+            yield await fut
+    finally:
+        await _cancel_all(tasks)
 
 
 async def _cancel_all(tasks: Sequence[asyncio.Future]) -> None:
