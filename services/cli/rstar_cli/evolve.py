@@ -383,9 +383,13 @@ class Evolver:
     # ------------------------------------------------------------------ models
 
     def _promoted(self, kind: str):
-        """This run's promoted version of `kind`, or None (another run's promotion does not count)."""
-        promoted = self.store.promoted_model(kind)
-        return promoted if promoted is not None and promoted.run == self.s.run else None
+        """This run's current version of `kind`: the one of its versions promoted last (a
+        rollback onto one promotes it again) and not rejected since; None before its first
+        promotion. Another run's promotion moves the store's pointer (what the services serve),
+        not this run's model: its next round still starts from its own."""
+        own = [v for v in self.store.list_model_versions(kind, run=self.s.run)
+               if v.promoted_at is not None and v.status != "rejected"]
+        return max(own, key=lambda v: v.promoted_at, default=None)
 
     def _policy_for_search(self) -> tuple[str, str]:
         promoted = self._promoted("policy")
