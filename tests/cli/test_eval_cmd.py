@@ -160,9 +160,12 @@ def fake_engine(no_models, monkeypatch):
     started = []
 
     @asynccontextmanager
-    async def runtime(config, settings):
-        policy = ScriptedPolicy(_script)
-        policy.model_version = "fake-policy@1"
+    async def runtime(config, settings, policy_engine=True):
+        from rstar_cli.embedded import NoPolicyEngine
+
+        policy = ScriptedPolicy(_script) if policy_engine else NoPolicyEngine(settings.model)
+        if policy_engine:
+            policy.model_version = "fake-policy@1"
         reward = FixedReward(lambda item: 0.5) if config.needs_reward_model else None
         started.append((config, settings, policy))
         yield Runtime(policy, InlineExecutor(), reward)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fakes import FixedReward, InlineExecutor, ScriptedPolicy
+from rstar_cli.embedded import NoPolicyEngine
 from rstar_core.steps import OUTPUT_STOP
 from test_eval_cmd import _problems, _run, fake_engine, no_models  # noqa: F401  (fixtures)
 
@@ -38,14 +39,15 @@ def engine(fake_engine, no_models, monkeypatch):  # noqa: F811
     started = []
 
     @asynccontextmanager
-    async def runtime(config, settings):
+    async def runtime(config, settings, policy_engine=True):
         reward = None
         if config.needs_reward_model:
             kind = Path(settings.reward_model).name
             reward = FixedReward(lambda item: 0.9 if f"boxed{{{PREFERS[kind]}}}" in item.steps[-1] else -0.5)
             reward.model_version = f"fake-{kind}@1"
         started.append((config, settings))
-        yield Runtime(ScriptedPolicy(_script), InlineExecutor(), reward)
+        yield Runtime(ScriptedPolicy(_script) if policy_engine else NoPolicyEngine(settings.model), InlineExecutor(),
+                      reward)
 
     monkeypatch.setattr("rstar_cli.embedded.embedded_runtime", runtime)
     (no_models / "scorers").mkdir()
@@ -91,8 +93,8 @@ def test_maj_and_the_three_best_of_n_select_from_the_same_samples(engine, capsys
     real = __import__("rstar_cli.embedded", fromlist=["x"]).embedded_runtime
 
     @asynccontextmanager
-    async def counting(config, settings):
-        async with real(config, settings) as runtime:
+    async def counting(config, settings, **options):
+        async with real(config, settings, **options) as runtime:
             policies.append(runtime.policy)
             yield runtime
 
@@ -106,13 +108,39 @@ def test_maj_and_the_three_best_of_n_select_from_the_same_samples(engine, capsys
         code, _, err = _run(capsys, *engine["argv"], "--method", f"bon-{kind}", "--n", "1,3",
                             f"--{kind}", engine["dirs"][kind])
         assert code == 0, err
-        assert policies[-1].requests == []  # nothing drawn again: the reward model scored the samples
+        # Nothing drawn again, no policy engine started: the reward model scored the samples.
+        assert isinstance(policies[-1], NoPolicyEngine) and policies[-1].model_version == "fake-policy@1"
     rows = {(r["method"], r["N"]): r for r in _rows(engine)}
     for kind, answer in PREFERS.items():
         assert rows[(f"bon-{kind}", 3)]["prediction"] == answer and rows[(f"bon-{kind}", 3)]["score"] == 0.9
         assert rows[(f"bon-{kind}", 3)]["tokens"] == rows[("maj", 3)]["tokens"] > 0
         assert rows[(f"bon-{kind}", 1)]["prediction"] == "7"
     assert len((engine["out"] / "samples.jsonl").read_text().splitlines()) == 3
+    # One more sample than were drawn: the engine starts again and draws only that one.
+    code, _, err = _run(capsys, *engine["argv"], "--method", "maj", "--n", "4")
+    assert code == 0, err
+    assert isinstance(policies[-1], ScriptedPolicy) and policies[-1].requests
+    assert len((engine["out"] / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_runtime_without_the_policy_engine_reports_the_version_and_refuses_to_generate(model_dir):
+    import asyncio
+
+    from rstar_cli.embedded import EmbeddedSettings, embedded_runtime
+    from rstar_core.config import SearchConfig
+    from rstar_models.store import model_version
+
+    async def go():
+        settings = EmbeddedSettings(model=model_dir)
+        async with embedded_runtime(SearchConfig(), settings, policy_engine=False) as runtime:
+            assert isinstance(runtime.policy, NoPolicyEngine) and runtime.reward is None
+            assert runtime.policy.model_version == model_version(model_dir)
+            with pytest.raises(RuntimeError, match="started no policy engine"):
+                await runtime.policy.generate(None)
+            # The sandbox is the real one.
+            assert (await runtime.executor.run("print(6 * 7)")).stdout.strip() == "42"
+
+    asyncio.run(go())
 
 
 @pytest.mark.parametrize("method", ["mcts", "mcts-vote"])

@@ -17,11 +17,11 @@ BUDGETS = ["--set", "max_depth=4", "--set", "max_tokens_per_step=48", "--set", "
 
 def _eval(*args, cwd, data_dir):
     env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING", RSTAR_DATA_DIR=str(data_dir))
-    return subprocess.run([sys.executable, "-c", _ENTRY, "eval", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", _ENTRY, "-v", "eval", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
-def test_eval_greedy_and_maj_write_reports_and_resume(tmp_path, model_dir, data_dir):
+def test_eval_greedy_maj_and_bon_write_reports_and_resume(tmp_path, model_dir, data_dir):
     out = tmp_path / "eval"
     common = ["--benchmark", "gsm8k", "--limit", "2", "--policy", model_dir, "--out", str(out), *BUDGETS]
     maj = _eval(*common, "--method", "maj", "--n", "2", cwd=tmp_path, data_dir=data_dir)
@@ -47,3 +47,16 @@ def test_eval_greedy_and_maj_write_reports_and_resume(tmp_path, model_dir, data_
     again = _eval(*common, "--method", "maj", "--n", "2", cwd=tmp_path, data_dir=data_dir)
     assert again.returncode == 0 and "resuming: 2 of 2 items already" in again.stderr
     assert len((out / "items.jsonl").read_text().splitlines()) == 4
+
+    # Best-of-N after maj into the same folder: the PPM scores maj's samples; no policy engine starts.
+    from rstar_reward import build_ppm_dir
+
+    ppm = tmp_path / "ppm-untrained"
+    build_ppm_dir(model_dir, str(ppm))
+    bon = _eval(*common, "--method", "bon-ppm", "--n", "2", "--ppm", str(ppm), cwd=tmp_path, data_dir=data_dir)
+    assert bon.returncode == 0, bon.stderr[-3000:]
+    assert "scoring them without starting the policy engine" in bon.stderr
+    rows = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    tokens = {(r["method"], r["id"]): r["tokens"] for r in rows}
+    assert all(tokens["bon-ppm", i] == tokens["maj", i] for i in ("0", "1"))
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 4

@@ -18,7 +18,7 @@ from rstar_core.config import SearchConfig
 from rstar_core.mcts import MCTS
 from rstar_core.ports import CodeExecutor, PolicyModel, RewardModel
 
-__all__ = ["EmbeddedSettings", "embedded_runtime"]
+__all__ = ["EmbeddedSettings", "NoPolicyEngine", "embedded_runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,37 @@ class Runtime:
         return MCTS(self.policy, self.executor, config, reward=self.reward)
 
 
+class NoPolicyEngine:
+    """The policy of a runtime that generates nothing (every sample it needs is drawn already):
+    it knows its version, and any request for a new step is an error, not a silent start."""
+
+    def __init__(self, model: str) -> None:
+        from rstar_policy.engine import served_version
+
+        self._version = served_version(model)
+
+    @property
+    def model_version(self) -> str:
+        return self._version
+
+    _REFUSAL = "this runtime started no policy engine (every sample was drawn already), yet a search asked it for steps"
+
+    async def generate(self, request):
+        raise RuntimeError(self._REFUSAL)
+
+    def generate_stream(self, request):
+        raise RuntimeError(self._REFUSAL)
+
+    def shutdown(self) -> None:
+        pass
+
+
 @asynccontextmanager
-async def embedded_runtime(config: SearchConfig, settings: EmbeddedSettings | None = None) -> AsyncIterator[Runtime]:
+async def embedded_runtime(config: SearchConfig, settings: EmbeddedSettings | None = None, *,
+                           policy_engine: bool = True) -> AsyncIterator[Runtime]:
+    """The policy engine, the sandbox and (when `config` needs one) the reward model, in this
+    process. `policy_engine=False`: no vLLM engine (a caller that only scores samples drawn
+    before saves its start-up); the runtime's policy then only reports its version."""
     from rstar_executor import SandboxExecutor
     from rstar_policy.engine import EngineSettings, VLLMPolicy
     from rstar_models.store import prepare_model
@@ -75,9 +104,12 @@ async def embedded_runtime(config: SearchConfig, settings: EmbeddedSettings | No
     settings = settings or EmbeddedSettings.from_env()
     model_dir = settings.model if settings.model else str(prepare_model(cache_dir=settings.model_cache or None))
     executor = SandboxExecutor()
-    policy = VLLMPolicy(EngineSettings(model=model_dir, seed=config.seed, max_model_len=settings.max_model_len,
-                                       cpu_kvcache_gib=settings.cpu_kvcache_gib,
-                                       enforce_eager=settings.enforce_eager, dtype=settings.policy_dtype))
+    if policy_engine:
+        policy = VLLMPolicy(EngineSettings(model=model_dir, seed=config.seed, max_model_len=settings.max_model_len,
+                                           cpu_kvcache_gib=settings.cpu_kvcache_gib,
+                                           enforce_eager=settings.enforce_eager, dtype=settings.policy_dtype))
+    else:
+        policy = NoPolicyEngine(model_dir)
     reward = None
     try:
         if config.needs_reward_model:

@@ -492,47 +492,59 @@ async def _run(plan: _Plan, policy_dir: Path, versions: dict[str, Any], todo: li
                                    reward_model=str(plan.ppm_dir or ""))
     first = next(iter(plan.configs.values()))
     states = [_ItemState(item, missing[item.id]) for item in todo]
-    async with embedded_runtime(first, settings) as runtime:
-        loaded = _versions(runtime.policy.model_version, plan.scorer,
-                           runtime.reward.model_version if plan.ppm_dir and runtime.reward else None)
-        if loaded != versions:
-            log.warning("the loaded models report %s, not %s: rows are recorded under the loaded versions "
-                        "(a re-run cannot resume them)", loaded, versions)
-            versions = loaded
-        searchers = {key: runtime.mcts(config) for key, config in plan.configs.items()}
-        jobs = _jobs(plan, states, searchers)
-        with _Progress(plan, len(todo), rows_path) as progress, \
-                _SampleCache(plan.out / SAMPLES_FILE, versions["policy"], plan.config_id) as samples:
+    with _SampleCache(plan.out / SAMPLES_FILE, versions["policy"], plan.config_id) as samples:
+        # A selector run after another on the same samples (maj, then bon-*) only scores them:
+        # no policy engine to start.
+        draws = plan.method not in SAMPLE_METHODS or any(
+            samples.get(item.id, k) is None for item in todo for k in range(max(missing[item.id])))
+        if not draws:
+            log.info("every sample is in %s already: scoring them without starting the policy engine",
+                     samples.path)
+        async with embedded_runtime(first, settings, policy_engine=draws) as runtime:
+            versions = _loaded_versions(plan, runtime, versions)
+            searchers = {key: runtime.mcts(config) for key, config in plan.configs.items()}
+            jobs = _jobs(plan, states, searchers)
+            with _Progress(plan, len(todo), rows_path) as progress:
 
-            async def finish(state: _ItemState) -> None:
-                rows = None if state.failed else await asyncio.to_thread(_rows, plan, state, versions)
-                progress.item_done(state, rows)
+                async def finish(state: _ItemState) -> None:
+                    rows = None if state.failed else await asyncio.to_thread(_rows, plan, state, versions)
+                    progress.item_done(state, rows)
 
-            async def one(state: _ItemState, key: Any, mcts, seed_offset: int) -> Any:
-                hidden = Problem(state.item.question, None, state.item.id)
-                if plan.method not in SAMPLE_METHODS:
-                    return await mcts.search(hidden, seed_offset=seed_offset)
-                drawn = samples.get(state.item.id, key)
-                if drawn is None:
-                    result = await mcts.search(hidden, seed_offset=seed_offset)
-                    samples.put(state.item.id, key, result.tree, result.wall_s)
-                    return result
-                return await drawn.scored(state.item.question, runtime.reward if plan.scorer else None)
+                async def one(state: _ItemState, key: Any, mcts, seed_offset: int) -> Any:
+                    hidden = Problem(state.item.question, None, state.item.id)
+                    if plan.method not in SAMPLE_METHODS:
+                        return await mcts.search(hidden, seed_offset=seed_offset)
+                    drawn = samples.get(state.item.id, key)
+                    if drawn is None:
+                        result = await mcts.search(hidden, seed_offset=seed_offset)
+                        samples.put(state.item.id, key, result.tree, result.wall_s)
+                        return result
+                    return await drawn.scored(state.item.question, runtime.reward if plan.scorer else None)
 
-            async def worker() -> None:
-                for state, key, mcts, seed_offset in jobs:
-                    if not state.failed:
-                        try:
-                            state.results[key] = await one(state, key, mcts, seed_offset)
-                        except Exception as exc:  # noqa: BLE001 - one item's failure must not end the run
-                            log.exception("search of item %s failed", state.item.id)
-                            state.failed = f"{type(exc).__name__}: {exc}"
-                    state.remaining -= 1
-                    if state.remaining == 0:
-                        await finish(state)
+                async def worker() -> None:
+                    for state, key, mcts, seed_offset in jobs:
+                        if not state.failed:
+                            try:
+                                state.results[key] = await one(state, key, mcts, seed_offset)
+                            except Exception as exc:  # noqa: BLE001 - one item's failure must not end the run
+                                log.exception("search of item %s failed", state.item.id)
+                                state.failed = f"{type(exc).__name__}: {exc}"
+                        state.remaining -= 1
+                        if state.remaining == 0:
+                            await finish(state)
 
-            await asyncio.gather(*(worker() for _ in range(max(1, first.concurrent_problems))))
+                await asyncio.gather(*(worker() for _ in range(max(1, first.concurrent_problems))))
     return progress.failed, versions
+
+
+def _loaded_versions(plan: _Plan, runtime, expected: dict[str, Any]) -> dict[str, Any]:
+    """The versions the runtime's models report; a warning where they differ from `expected`."""
+    loaded = _versions(runtime.policy.model_version, plan.scorer,
+                       runtime.reward.model_version if plan.ppm_dir and runtime.reward else None)
+    if loaded != expected:
+        log.warning("the loaded models report %s, not %s: rows are recorded under the loaded versions "
+                    "(a re-run cannot resume them)", loaded, expected)
+    return loaded
 
 
 @dataclass(frozen=True)

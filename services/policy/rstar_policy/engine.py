@@ -36,7 +36,7 @@ from rstar_core.ports import Completion, GenerationRequest
 from rstar_models.hardware import preferred_dtype
 from rstar_models.store import model_version
 
-__all__ = ["EngineSettings", "VLLMPolicy", "completion_confidence", "enforce_eager_from_env"]
+__all__ = ["EngineSettings", "VLLMPolicy", "completion_confidence", "enforce_eager_from_env", "served_version"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ class EngineSettings:
             raise ValueError("model must name a model directory or Hub id")
         if self.max_model_len < 16:
             raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
+
+
+def served_version(model: str) -> str:
+    """The version a policy on `model` reports: the registry's for a local directory, else the id."""
+    return model_version(model) if Path(model).exists() else model
 
 
 def enforce_eager_from_env(env: Mapping[str, str], default: bool) -> bool:
@@ -114,7 +119,7 @@ class VLLMPolicy:
             block_size=settings.block_size,
         )
         self._engine = AsyncLLM.from_engine_args(args)
-        self._version = model_version(settings.model) if Path(settings.model).exists() else settings.model
+        self._version = served_version(settings.model)
         self.tokenizer = self._engine.tokenizer if hasattr(self._engine, "tokenizer") else None
 
     @property
