@@ -70,6 +70,8 @@ class NoPolicyEngine:
     """The policy of a runtime that generates nothing (every sample it needs is drawn already):
     it knows its version, and any request for a new step is an error, not a silent start."""
 
+    _REFUSAL = "this runtime started no policy engine (every sample was drawn already), yet a search asked it for steps"
+
     def __init__(self, model: str) -> None:
         from rstar_policy.engine import served_version
 
@@ -78,8 +80,6 @@ class NoPolicyEngine:
     @property
     def model_version(self) -> str:
         return self._version
-
-    _REFUSAL = "this runtime started no policy engine (every sample was drawn already), yet a search asked it for steps"
 
     async def generate(self, request):
         raise RuntimeError(self._REFUSAL)
